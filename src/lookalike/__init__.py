@@ -1,0 +1,52 @@
+"""lookalike: find the images of a collection that look like a query image, URL, text or vector.
+
+``import lookalike`` is cheap: the engine (torch, Faiss) and the client load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    BadInputError,
+    CollectionError,
+    FetchError,
+    ImageError,
+    LookalikeError,
+    ModelMismatchError,
+    NotFoundError,
+    UnsupportedQueryError,
+)
+from .types import Hit, IngestReport, Item
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .collection import Collection
+
+_LAZY = {"Collection": "collection"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
+
+
+__all__ = [
+    "BadInputError",
+    "Collection",
+    "CollectionError",
+    "FetchError",
+    "Hit",
+    "ImageError",
+    "IngestReport",
+    "Item",
+    "LookalikeError",
+    "ModelMismatchError",
+    "NotFoundError",
+    "UnsupportedQueryError",
+    "__version__",
+]

@@ -1,0 +1,305 @@
+"""The ``lookalike`` command: a thin face over :class:`lookalike.Collection`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import BadInputError, LookalikeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find the images of a collection that look like a query.",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+CollectionArg = Annotated[Path, typer.Argument(help="Collection directory.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+AllowPrivate = Annotated[
+    bool, typer.Option("--allow-private-urls", help="Let URLs reach loopback and private networks.")
+]
+
+
+def _open(path: Path, allow_private: bool = False) -> Any:
+    from .collection import Collection
+    from .fetch import FetchPolicy
+
+    return Collection.open(path, fetch_policy=FetchPolicy(allow_private=allow_private))
+
+
+@app.command()
+def index(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Folders, list files (.txt), CSV/Parquet manifests, image files or URLs."
+        ),
+    ],
+    collection: Annotated[
+        Path, typer.Option("--collection", "-c", help="Collection directory (made on first use).")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model spec for a new collection [default: open_clip:ViT-B-32/laion2b_s34b_b79k]"
+        ),
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local weights file for the model.")] = None,
+    workers: Annotated[int, typer.Option(help="Decoding processes (0: decode inline).")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 64,
+    strict: Annotated[bool, typer.Option(help="Stop at the first bad image.")] = False,
+    allow_private_urls: AllowPrivate = False,
+    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add the images of SOURCES to a collection; images already there are skipped."""
+    from .collection import MANIFEST, Collection
+    from .encoders import DEFAULT_MODEL
+    from .fetch import FetchPolicy
+    from .sources import iter_source
+
+    policy = FetchPolicy(allow_private=allow_private_urls)
+    if (collection / MANIFEST).exists():
+        col = Collection.open(collection, device=device, fetch_policy=policy)
+        if model and model != col.model:
+            raise BadInputError(f"{collection} uses {col.model}; it cannot take --model {model}")
+    else:
+        col = Collection.create(
+            collection, model or DEFAULT_MODEL, weights=weights, device=device, fetch_policy=policy
+        )
+    total = sum(1 for source in sources for _ in iter_source(source))
+    with col, _progress(total, quiet=as_json) as progress:
+        reports = []
+        for source in sources:
+            reports.append(
+                col.add(
+                    source, progress=progress, workers=workers, batch_size=batch_size, strict=strict
+                )
+            )
+            progress.done_before += reports[-1].seen
+    summary = {
+        key: sum(getattr(r, key) for r in reports)
+        for key in ("added", "unchanged", "duplicates", "replaced")
+    }
+    failed = [pair for r in reports for pair in r.failed]
+    seconds = sum(r.seconds for r in reports)
+    if as_json:
+        out.print_json(
+            data={
+                **summary,
+                "failed": [{"source": s, "reason": r} for s, r in failed],
+                "seconds": round(seconds, 3),
+            }
+        )
+        return
+    for source, reason in failed:
+        err.print(f"[yellow]skipped[/] {source}: {reason}", highlight=False)
+    rate = summary["added"] / seconds if seconds else 0.0
+    out.print(
+        f"added {summary['added']}, unchanged {summary['unchanged']}, "
+        f"duplicates {summary['duplicates']}, replaced {summary['replaced']}, "
+        f"failed {len(failed)} in {seconds:.1f} s ({rate:.1f} images/s)"
+    )
+
+
+@app.command()
+def search(
+    collection: CollectionArg,
+    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
+    url: Annotated[str | None, typer.Option(help="Query image URL.")] = None,
+    id: Annotated[
+        list[int] | None,
+        typer.Option("--id", help="Indexed image id (repeat for 'more like these')."),
+    ] = None,
+    vector: Annotated[
+        str | None,
+        typer.Option(help="Raw vector: comma-separated numbers, or a .npy / .json file."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many results.")] = 20,
+    filter: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="Metadata equality, KEY=VALUE (repeatable)."),
+    ] = None,
+    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
+    dedupe: Annotated[
+        float | None,
+        typer.Option(help="Drop results whose cosine to a better one is at least this."),
+    ] = None,
+    include_self: Annotated[bool, typer.Option(help="Keep --id images in results.")] = False,
+    allow_private_urls: AllowPrivate = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the images most similar to the query: rank, score, id, path."""
+    query: dict[str, Any] = {
+        "text": text,
+        "url": url,
+        "id": id or None,
+        "vector": _read_vector(vector) if vector else None,
+    }
+    if image is not None:
+        query["image"] = _read_file(image)
+    with _open(collection, allow_private_urls) as col:
+        hits = col.search(
+            **query,
+            k=k,
+            filter=_parse_filters(filter or []),
+            exclude_ids=exclude_id or (),
+            dedupe=dedupe,
+            include_self=include_self,
+        )
+    if as_json:
+        out.print_json(data=[h.to_dict() for h in hits])
+        return
+    table = Table("rank", "score", "id", "path", box=None)
+    for rank, hit in enumerate(hits, start=1):
+        table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), hit.locator)
+    out.print(table)
+
+
+@app.command()
+def info(collection: CollectionArg, as_json: JsonOpt = False) -> None:
+    """Count, model, dimension, index kind and size on disk of a collection."""
+    from dataclasses import asdict
+
+    with _open(collection) as col:
+        stats = asdict(col.stats())
+    if as_json:
+        out.print_json(data=stats)
+        return
+    for key, value in stats.items():
+        out.print(f"{key:>14}  {value}", highlight=False)
+
+
+@app.command()
+def remove(
+    collection: CollectionArg,
+    id: Annotated[list[int] | None, typer.Option("--id", help="Image id (repeatable).")] = None,
+    path: Annotated[list[str] | None, typer.Option(help="Image path or URL (repeatable).")] = None,
+) -> None:
+    """Remove images from a collection by id or path; they never come back in results."""
+    if not id and not path:
+        raise BadInputError("give --id or --path")
+    with _open(collection) as col:
+        removed = col.remove(ids=id or (), paths=path or ())
+    out.print(f"removed {removed}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write samples and collection [default: a new temporary folder]."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model spec.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local weights file.")] = None,
+) -> None:
+    """Generate sample pictures, index them and search them by image, id and text."""
+    from . import demo as tour
+    from .encoders import DEFAULT_MODEL
+
+    tour.run(workdir, model or DEFAULT_MODEL, str(weights) if weights else None)
+
+
+def _progress(total: int, quiet: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class IngestProgress:
+        def __init__(self) -> None:
+            self.bar = Progress(
+                TextColumn("indexing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.1f} img/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                disable=quiet,
+            )
+            self.task = self.bar.add_task("index", total=total, rate=0.0)
+            self.done_before = 0  # items of the sources already finished
+
+        def __enter__(self) -> IngestProgress:
+            self.bar.__enter__()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+        def __call__(self, report: Any) -> None:
+            self.bar.update(
+                self.task, completed=self.done_before + report.seen, rate=report.images_per_second
+            )
+
+    return IngestProgress()
+
+
+def _parse_filters(pairs: list[str]) -> dict[str, Any]:
+    filters: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"--filter {pair!r} must look like KEY=VALUE")
+        try:
+            filters[key] = json.loads(value)
+        except ValueError:
+            filters[key] = value
+    return filters
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise BadInputError(f"cannot read {path}: {error.strerror}") from error
+
+
+def _read_vector(value: str) -> list[float]:
+    import numpy as np
+
+    path = Path(value)
+    if path.suffix in {".npy", ".json"} and path.is_file():
+        data = np.load(path) if path.suffix == ".npy" else json.loads(path.read_text())
+        return np.asarray(data, dtype=np.float32).ravel().tolist()
+    try:
+        return [float(x) for x in value.split(",")]
+    except ValueError:
+        raise BadInputError("--vector takes comma-separated numbers or a .npy/.json file") from None
+
+
+def main() -> None:
+    """Entry point: run the app, turning lookalike errors into one clear line."""
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    try:
+        app(standalone_mode=False)
+    except LookalikeError as error:
+        err.print(f"[red]error:[/] {error}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as error:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise

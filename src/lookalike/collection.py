@@ -1,0 +1,458 @@
+"""The public object: one on-disk collection of images, their vectors, and search over them."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .encoders import DEFAULT_MODEL, Encoder, load_encoder
+from .errors import (
+    BadInputError,
+    CollectionError,
+    LookalikeError,
+    ModelMismatchError,
+    NotFoundError,
+)
+from .fetch import FetchPolicy, fetch, is_url
+from .imaging import ImageLimits, decode_image, to_model_input
+from .index import FlatIndex, VectorIndex
+from .ingest import IngestOptions, Progress, ingest
+from .prepare import content_hash
+from .query import QueryPart, parse_parts
+from .sources import SourceItem, iter_source, source_roots
+from .store import Store
+from .types import Hit, IngestReport, Item
+
+FORMAT_VERSION = 1
+MANIFEST = "lookalike.json"
+MAX_K = 10_000
+UPLOADS = "uploads"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What a collection holds."""
+
+    path: str
+    count: int
+    deleted: int
+    model: str
+    weights: str | None
+    dim: int
+    index: str
+    bytes_on_disk: int
+    format: int
+
+
+class Collection:
+    """Images of one directory on disk, searchable by text, image, URL, id or vector.
+
+    >>> col = Collection.create("./col")                   # doctest: +SKIP
+    >>> col.add("./photos")                                # doctest: +SKIP
+    >>> col.search(text="a red bicycle", k=5)              # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        *,
+        device: str | None = None,
+        fetch_policy: FetchPolicy | None = None,
+        limits: ImageLimits | None = None,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self.path = path.resolve()
+        self.manifest = manifest
+        self.model: str = manifest["model"]
+        self.weights: str | None = manifest.get("weights")
+        self.dim: int = int(manifest["dim"])
+        self.fetch_policy = fetch_policy or FetchPolicy()
+        self.limits = limits or ImageLimits()
+        self._device = device
+        self._encoder = encoder
+        self.store = Store(path, self.dim)
+        self.index: VectorIndex = FlatIndex(self.store.vectors)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        model: str = DEFAULT_MODEL,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        exist_ok: bool = False,
+        **options: Any,
+    ) -> Collection:
+        """Make a new collection at ``path`` whose images are embedded by ``model``.
+
+        With ``exist_ok``, an existing collection made with the same model is opened instead.
+        """
+        root = Path(path)
+        if (root / MANIFEST).exists():
+            if not exist_ok:
+                raise CollectionError(f"{root} already holds a collection")
+            collection = cls.open(root, device=device, **options)
+            if model != collection.model:
+                raise ModelMismatchError(f"{root} was made with {collection.model}, not {model}")
+            return collection
+        if root.exists() and any(root.iterdir()):
+            raise CollectionError(f"{root} exists and is not empty; choose a new directory")
+        weights_path = str(Path(weights).resolve()) if weights else None
+        encoder = load_encoder(model, weights_path, device)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "model": encoder.spec,
+            "weights": weights_path,
+            "dim": encoder.dim,
+            "metric": "cosine",
+            "index": FlatIndex.kind,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_by": f"lookalike {__version__}",
+        }
+        tmp = root / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, root / MANIFEST)
+        return cls(root, manifest, device=device, encoder=encoder, **options)
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, device: str | None = None, **options: Any
+    ) -> Collection:
+        """Open an existing collection; its model loads on first need."""
+        root = Path(path)
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise CollectionError(
+                f"{root} is not a lookalike collection "
+                f"(no {MANIFEST}); make one with Collection.create"
+            ) from None
+        except (OSError, ValueError) as error:
+            raise CollectionError(f"cannot read {root / MANIFEST}: {error}") from error
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise CollectionError(
+                f"{root} has collection format {found!r}; this lookalike "
+                f"reads format {FORMAT_VERSION}"
+            )
+        return cls(root, manifest, device=device, **options)
+
+    def close(self) -> None:
+        """Release files and locks."""
+        self.store.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        self.store.refresh()
+        return self.store.live_count()
+
+    def __repr__(self) -> str:
+        return f"Collection({str(self.path)!r}, model={self.model!r}, count={len(self)})"
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collection's model, loaded on first use."""
+        if self._encoder is None:
+            self._encoder = load_encoder(self.model, self.weights, self._device)
+            if self._encoder.dim != self.dim:
+                raise ModelMismatchError(
+                    f"{self.model} now gives {self._encoder.dim}-d vectors but the collection "
+                    f"holds {self.dim}-d ones; were the weights at {self.weights} replaced?"
+                )
+        return self._encoder
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add(
+        self,
+        source: str | os.PathLike[str] | Iterable[SourceItem],
+        *,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> IngestReport:
+        """Add the images of a folder, list file, CSV/Parquet manifest, URL or item stream.
+
+        Images already stored (same path or URL, unchanged) and copies of stored content
+        are skipped, so running it again adds only what is new.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            items: Iterable[SourceItem] = iter_source(source)
+            roots = source_roots(source)
+        else:
+            items, roots = source, []
+        with self._writing():
+            if roots:
+                self.store.add_roots(roots)
+            return ingest(self.store, self.encoder, items, self._ingest_options(options), progress)
+
+    def add_images(
+        self,
+        images: Sequence[str | os.PathLike[str] | bytes],
+        *,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> IngestReport:
+        """Add images given as file paths, URLs or encoded bytes, each with optional metadata.
+
+        Bytes are kept in the collection's ``uploads/`` folder so they can be served later.
+        """
+        if metadata is not None and len(metadata) != len(images):
+            raise BadInputError(f"{len(images)} images but {len(metadata)} metadata entries")
+        items = []
+        for image, meta in zip(images, metadata or [None] * len(images), strict=True):
+            locator = self._keep_upload(image) if isinstance(image, bytes) else os.fspath(image)
+            if not is_url(locator):
+                locator = str(Path(locator).resolve())
+            stat = _stat(locator)
+            items.append(SourceItem(locator, dict(meta or {}), *stat))
+        return self.add(items, progress=progress, **options)
+
+    def remove(self, ids: Iterable[int] = (), paths: Iterable[str | os.PathLike[str]] = ()) -> int:
+        """Remove images by id or by path/URL; returns how many were removed."""
+        wanted = [int(i) for i in ids]
+        for path in paths:
+            text = os.fspath(path)
+            row = self.store.live_by_key(text if is_url(text) else str(Path(text).resolve()))
+            if row is None:
+                raise NotFoundError(f"no image stored under {text}")
+            wanted.append(row.id)
+        with self._writing():
+            return self.store.mark_deleted(wanted)
+
+    def _writing(self) -> Any:
+        return _WriterLock(self.store)
+
+    def _ingest_options(self, options: dict[str, Any]) -> IngestOptions:
+        return IngestOptions(limits=self.limits, fetch_policy=self.fetch_policy, **options)
+
+    def _keep_upload(self, data: bytes) -> str:
+        decode_image(data, limits=self.limits)  # refuse non-images before keeping them
+        digest = content_hash(data)
+        folder = self.path / UPLOADS / digest[:2]
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / digest
+        if not target.exists():
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        return str(target)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, id: int) -> Item:
+        """The stored image with this id."""
+        self.store.refresh()
+        row = self.store.rows([id]).get(int(id))
+        if row is None or row.deleted:
+            raise NotFoundError(f"no image with id {id}")
+        return _item(row)
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored vectors of live ids."""
+        self.store.refresh()
+        for i in ids:
+            if not 0 <= int(i) < self.store.count or self.store.deleted[int(i)]:
+                raise NotFoundError(f"no image with id {i}")
+        return self.store.vectors.get(ids, self.store.count)
+
+    def embed(
+        self,
+        query: Iterable[Mapping[str, Any] | QueryPart] | None = None,
+        *,
+        model: str | None = None,
+        **kinds: Any,
+    ) -> np.ndarray:
+        """The unit query vector of the given parts (see :meth:`search`)."""
+        return self._combine(parse_parts(query, **kinds), model)
+
+    def search(
+        self,
+        query: Iterable[Mapping[str, Any] | QueryPart] | None = None,
+        *,
+        text: str | None = None,
+        image: Any = None,
+        url: str | None = None,
+        id: int | Sequence[int] | None = None,
+        vector: Any = None,
+        k: int = 20,
+        filter: Mapping[str, Any] | None = None,
+        exclude_ids: Iterable[int] = (),
+        include_self: bool = False,
+        dedupe: float | None = None,
+        model: str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` stored images most similar to the query, best first.
+
+        Give one or several of ``text``, ``image`` (bytes, path or PIL image), ``url``,
+        ``id`` (one or a list: "more like these"), ``vector``; or ``query``, a list of parts
+        like ``{"text": "police car"}, {"id": 7, "weight": -0.5}``. Parts combine as the
+        normalised weighted sum of their vectors. ``filter`` keeps rows whose metadata equals
+        each given value; ``exclude_ids`` drops ids (e.g. already labeled); ids used as
+        queries are left out unless ``include_self``; ``dedupe`` (a cosine such as 0.95)
+        drops results nearly identical to a better one; ``model`` (a spec) makes a raw
+        vector query fail unless it names the collection's model.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise BadInputError(f"k must be an integer from 1 to {MAX_K}")
+        if dedupe is not None and not 0 < dedupe <= 1:
+            raise BadInputError("dedupe must be a cosine similarity in (0, 1]")
+        parts = parse_parts(query, text=text, image=image, url=url, id=id, vector=vector)
+        query_vector = self._combine(parts, model)
+        self.store.refresh()
+        allowed = self._allowed(
+            filter, exclude_ids, [] if include_self else [p.value for p in parts if p.kind == "id"]
+        )
+        depth = min(k * 4 if dedupe else k, MAX_K * 4)
+        scores, ids = self.index.search(query_vector[None, :], depth, self.store.count, allowed)
+        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        if dedupe:
+            found = self._dedupe(found, dedupe)
+        found = found[:k]
+        rows = self.store.rows([i for i, _ in found])
+        return [Hit(**_item(rows[i]).to_dict(), score=score) for i, score in found]
+
+    def _combine(self, parts: list[QueryPart], model: str | None) -> np.ndarray:
+        if model is not None and model != self.model:
+            raise ModelMismatchError(f"the query is for {model}; this collection uses {self.model}")
+        total = np.zeros(self.dim, dtype=np.float32)
+        for part in parts:
+            total += part.weight * self._part_vector(part)
+        norm = float(np.linalg.norm(total))
+        if not np.isfinite(norm) or norm < 1e-6:
+            raise BadInputError("the query parts cancel out: their weighted sum is zero")
+        return total / norm
+
+    def _part_vector(self, part: QueryPart) -> np.ndarray:
+        if part.kind == "text":
+            return self.encoder.encode_texts([part.value])[0]
+        if part.kind == "id":
+            return self.vectors([part.value])[0]
+        if part.kind == "vector":
+            return _unit_vector(part.value, self.dim)
+        data = fetch(part.value, self.fetch_policy) if part.kind == "url" else part.value
+        image = (
+            data
+            if hasattr(data, "convert")
+            else decode_image(data, limits=self.limits, min_side=self.encoder.image_size).image
+        )
+        pixels = to_model_input(image.convert("RGB"), self.encoder.image_size)
+        return self.encoder.encode_images(pixels[None])[0]
+
+    def _allowed(
+        self, filter: Mapping[str, Any] | None, exclude: Iterable[int], query_ids: Iterable[int]
+    ) -> np.ndarray:
+        allowed = ~self.store.deleted
+        if filter:
+            if not isinstance(filter, Mapping):
+                raise BadInputError("filter must map metadata keys to values")
+            matching = np.zeros_like(allowed)
+            matching[self.store.ids_matching(dict(filter))] = True
+            allowed &= matching
+        dropped = [int(i) for i in (*exclude, *query_ids) if 0 <= int(i) < len(allowed)]
+        allowed[dropped] = False
+        return allowed
+
+    def _dedupe(self, found: list[tuple[int, float]], threshold: float) -> list[tuple[int, float]]:
+        if not found:
+            return found
+        vectors = self.store.vectors.get([i for i, _ in found], self.store.count)
+        kept: list[int] = []
+        for position in range(len(found)):
+            if not kept or float(np.max(vectors[kept] @ vectors[position])) < threshold:
+                kept.append(position)
+        return [found[p] for p in kept]
+
+    def stats(self) -> Stats:
+        """Counts, model and size on disk."""
+        self.store.refresh()
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return Stats(
+            str(self.path),
+            self.store.live_count(),
+            int(self.store.deleted.sum()),
+            self.model,
+            self.weights,
+            self.dim,
+            self.index.kind,
+            size,
+            FORMAT_VERSION,
+        )
+
+    def items(self) -> Iterable[Item]:
+        """Every stored image in id order."""
+        return (_item(row) for row in self.store.iter_live())
+
+    def roots(self) -> list[str]:
+        """Folders the collection's files were indexed from (plus its uploads)."""
+        return [*self.store.roots(), str((self.path / UPLOADS).resolve())]
+
+
+class _WriterLock:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> Store:
+        self.store.lock()
+        return self.store
+
+    def __exit__(self, *_: object) -> None:
+        self.store.unlock()
+
+
+def _item(row: Any) -> Item:
+    remote = is_url(row.key)
+    return Item(
+        id=row.id,
+        path=None if remote else row.key,
+        url=row.key if remote else None,
+        width=row.width,
+        height=row.height,
+        metadata=row.metadata,
+    )
+
+
+def _stat(locator: str) -> tuple[int | None, float | None]:
+    if is_url(locator):
+        return None, None
+    try:
+        stat = os.stat(locator)
+    except OSError:
+        return None, None
+    return stat.st_size, stat.st_mtime
+
+
+def _unit_vector(value: Any, dim: int) -> np.ndarray:
+    try:
+        vector = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise BadInputError("a vector query must be a list of numbers") from None
+    if vector.ndim != 1 or len(vector) != dim:
+        raise ModelMismatchError(
+            f"the query vector has shape {vector.shape}; this collection holds {dim}-d vectors"
+        )
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0:
+        raise BadInputError("a vector query must be finite and non-zero")
+    return vector / norm
+
+
+__all__ = ["Collection", "LookalikeError", "Stats"]

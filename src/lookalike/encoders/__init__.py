@@ -1,0 +1,64 @@
+"""Neural encoders behind one protocol, named by spec strings.
+
+Spec strings:
+- ``open_clip:ViT-B-32/laion2b_s34b_b79k``: an open_clip architecture and pretrained tag
+  (downloaded and cached on first use);
+- ``open_clip:ViT-B-32`` with ``weights=FILE``: the same architecture from a local checkpoint;
+  the architecture may also be the path of an open_clip model-config JSON file;
+- ``torchvision:resnet50`` (or ``mobilenet_v2``, any torchvision classifier), image-only, from
+  a local ``weights`` file (torchvision state_dict layout) or torchvision's default weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import BadInputError
+
+DEFAULT_MODEL = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns images (and maybe texts) into unit-length float32 vectors."""
+
+    spec: str
+    dim: int
+    image_size: int
+    supports_text: bool
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        """Embed a uint8 batch of shape (n, image_size, image_size, 3); returns float32 (n, dim)."""
+        ...
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Embed texts; returns float32 (n, dim). Raises when ``supports_text`` is False."""
+        ...
+
+
+def load_encoder(
+    spec: str, weights: str | Path | None = None, device: str | None = None
+) -> Encoder:
+    """Build the encoder a spec string names, loading its weights."""
+    family, _, name = spec.partition(":")
+    if not name:
+        raise BadInputError(
+            f"model spec {spec!r} must look like 'open_clip:ARCH/PRETRAINED', "
+            "'open_clip:ARCH' with weights, or 'torchvision:ARCH'"
+        )
+    if weights is not None and not Path(weights).is_file():
+        raise BadInputError(f"weights file {weights} does not exist")
+    if family == "open_clip":
+        from .openclip import OpenClipEncoder
+
+        return OpenClipEncoder(name, weights=weights, device=device)
+    if family == "torchvision":
+        from .backbone import TorchvisionEncoder
+
+        return TorchvisionEncoder(name, weights=weights, device=device)
+    raise BadInputError(
+        f"unknown model family {family!r} in {spec!r}; use 'open_clip:...' or 'torchvision:...'"
+    )

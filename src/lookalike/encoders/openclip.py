@@ -1,0 +1,78 @@
+"""open_clip models: image and text towers in one embedding space."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BadInputError
+from ._torch import Normalizer, pick_device, unit_rows
+
+MAX_TEXT_CHARS = 2000
+
+
+class OpenClipEncoder:
+    """Any open_clip model, from a pretrained tag or a local checkpoint file."""
+
+    supports_text = True
+
+    def __init__(
+        self, name: str, weights: str | Path | None = None, device: str | None = None
+    ) -> None:
+        import open_clip
+
+        whole = name.endswith(".json") or name.startswith("hf-hub:")
+        arch, _, pretrained = (name, "", "") if whole else name.partition("/")
+        if arch.endswith(".json"):
+            config = Path(arch)
+            if not config.is_file():
+                raise BadInputError(f"model config {arch} does not exist")
+            open_clip.add_model_config(config)
+            arch = config.stem
+        elif arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
+            raise BadInputError(f"unknown open_clip architecture {arch!r}")
+        if weights is not None and pretrained:
+            raise BadInputError("give either a pretrained tag or a weights file, not both")
+        self.spec = f"open_clip:{name}"
+        self.device = pick_device(device)
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.setLevel(logging.ERROR)  # open_clip warns on the root logger about no tag
+        try:
+            self.model = open_clip.create_model(
+                arch,
+                pretrained=str(weights) if weights else (pretrained or None),
+                device=self.device,
+            )
+        except (RuntimeError, OSError, KeyError, ValueError) as error:
+            raise BadInputError(f"cannot load {self.spec}: {error}") from error
+        finally:
+            root_logger.setLevel(level)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        cfg = self.model.visual.preprocess_cfg
+        size = cfg["size"]
+        self.image_size = int(size if isinstance(size, int) else size[0])
+        self._normalize = Normalizer(cfg["mean"], cfg["std"], self.device)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
+            self.dim = int(self.model.encode_image(probe).shape[-1])
+
+    @torch.inference_mode()
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        """See :class:`lookalike.encoders.Encoder`."""
+        return unit_rows(self.model.encode_image(self._normalize(batch)))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """See :class:`lookalike.encoders.Encoder`."""
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise BadInputError("a text query must be a non-empty string")
+            if len(text) > MAX_TEXT_CHARS:
+                raise BadInputError(f"a text query is limited to {MAX_TEXT_CHARS} characters")
+        tokens = self.tokenizer(texts).to(self.device)
+        return unit_rows(self.model.encode_text(tokens))

@@ -1,0 +1,54 @@
+"""Exceptions raised by lookalike; every one carries a message fit to show a user."""
+
+from __future__ import annotations
+
+
+class LookalikeError(Exception):
+    """Base class of every error lookalike raises on purpose."""
+
+    code = "error"
+
+
+class BadInputError(LookalikeError, ValueError):
+    """A query, argument, manifest or request body is malformed."""
+
+    code = "bad_input"
+
+
+class ImageError(BadInputError):
+    """An image could not be decoded, or breaks a limit (bytes, pixels, frames)."""
+
+    code = "bad_image"
+
+
+class FetchError(BadInputError):
+    """A URL could not be fetched: refused address, timeout, size limit, HTTP error."""
+
+    code = "fetch_failed"
+
+
+class NotFoundError(LookalikeError, KeyError):
+    """An id, path or collection does not exist."""
+
+    code = "not_found"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class ModelMismatchError(BadInputError):
+    """A vector, model or query does not fit the collection (spec or dimension)."""
+
+    code = "model_mismatch"
+
+
+class UnsupportedQueryError(BadInputError):
+    """The collection's model cannot answer this kind of query (text on an image-only model)."""
+
+    code = "unsupported_query"
+
+
+class CollectionError(LookalikeError):
+    """The collection on disk is missing, locked, corrupt or of an unknown format."""
+
+    code = "collection_error"

@@ -1,0 +1,283 @@
+"""Decode untrusted image bytes safely and prepare them as model input."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image
+
+from .errors import ImageError
+
+# Our own pixel check replaces Pillow's warning; its hard error still applies past 2x its limit.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib",
+        ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif",
+    }
+)  # fmt: skip
+
+# Tried in this order; TGA has no magic number, so it goes last. MPO arrives through JPEG.
+# Formats such as EPS (which runs Ghostscript) are deliberately left out.
+_WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "ICO", "PPM", "TGA")
+# Formats whose frame count is read from the header; asking GIF or TIFF means parsing every frame.
+_CHEAP_FRAME_COUNT = frozenset({"PNG", "WEBP", "MPO", "AVIF"})
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Bounds on what decode_image accepts, checked before pixels are decoded."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 178_956_970
+    max_frames: int = 10_000
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB image, fully loaded, with its size as displayed (after EXIF orientation).
+
+    ``width`` and ``height`` are the original sizes, even when a JPEG draft made ``image`` smaller.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str
+
+
+def sniff_image(head: bytes) -> bool:
+    """Return True when ``head`` (the first bytes of a file) starts with a known image magic."""
+    head = bytes(head[:16])
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")):
+        return True
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return True
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return True
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return True
+    if head.startswith(b"BM") and len(head) >= 16:
+        return head[14] in (12, 16, 40, 52, 56, 64, 108, 124) and head[15] == 0
+    if head.startswith(b"\x00\x00\x01\x00") and len(head) >= 6:
+        return head[4:6] != b"\x00\x00"
+    return len(head) >= 3 and head[0:1] == b"P" and head[1] in b"123456" and head[2] in b" \t\r\n"
+
+
+def decode_image(
+    data: bytes | str | os.PathLike[str],
+    *,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    min_side: int | None = None,
+) -> DecodedImage:
+    """Decode image bytes (or the file at a path) into an RGB image.
+
+    Only the first frame of an animated image is used. EXIF orientation is applied and
+    transparency is composited onto white. With ``min_side``, JPEGs are downscaled while
+    decoding (by 1/2, 1/4 or 1/8) as far as possible while both sides stay >= ``min_side``.
+
+    Raises ImageError for anything that is not a decodable image within ``limits``.
+    """
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be at least 1, not {min_side}")
+    raw = _read(data, limits.max_bytes)
+
+    try:
+        img = Image.open(io.BytesIO(raw), formats=_formats())
+    except Image.DecompressionBombError:
+        raise ImageError(_pillow_bomb_message(limits)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except Exception as exc:
+        raise ImageError(f"corrupt image header: {_reason(exc)}") from None
+
+    fmt = img.format or "image"
+    width, height = img.size
+    _check_size(width, height, limits)
+    if fmt in _CHEAP_FRAME_COUNT:
+        n_frames = getattr(img, "n_frames", 1)
+        if n_frames > limits.max_frames:
+            raise ImageError(
+                f"too many frames: {n_frames} exceeds the limit of {limits.max_frames}"
+            )
+
+    try:
+        if min_side is not None and fmt in _DRAFT_FORMATS:
+            img.draft("RGB", (min_side, min_side))
+        img.load()
+    except Image.DecompressionBombError:
+        raise ImageError(_pillow_bomb_message(limits)) from None
+    except Exception as exc:
+        raise ImageError(f"truncated or corrupt {fmt}: {_reason(exc)}") from None
+    if img.size != (width, height) and fmt not in _DRAFT_FORMATS:
+        _check_size(*img.size, limits)  # e.g. an ICO whose embedded PNG is bigger than declared
+
+    orientation = _orientation(img)
+    try:
+        rgb = _to_rgb(img)
+    except Exception as exc:
+        raise ImageError(f"unsupported {fmt} image (mode {img.mode}): {_reason(exc)}") from None
+
+    transpose = _TRANSPOSE.get(orientation)
+    if transpose is not None:
+        rgb = rgb.transpose(transpose)
+        if orientation >= 5:
+            width, height = height, width
+    return DecodedImage(image=rgb, width=width, height=height, format=fmt)
+
+
+def to_model_input(image: Image.Image, size: int) -> np.ndarray:
+    """Resize the shortest side to ``size`` (bicubic), centre-crop to a square, return HxWx3 uint8.
+
+    Equivalent to torchvision's Resize(size) + CenterCrop(size), but only the cropped
+    region is resampled.
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1, not {size}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    side = min(width, height)
+    left = (width - side) / 2
+    top = (height - side) / 2
+    square = image.resize(
+        (size, size),
+        Image.Resampling.BICUBIC,
+        box=(left, top, left + side, top + side),
+        reducing_gap=3.0,
+    )
+    return np.array(square, dtype=np.uint8)
+
+
+def make_thumbnail(image: Image.Image, max_side: int = 256) -> bytes:
+    """Return JPEG bytes of ``image`` scaled down to fit in ``max_side`` (never scaled up)."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, not {max_side}")
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    width, height = image.size
+    scale = max_side / max(width, height)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(fmt for fmt in _WANTED_FORMATS if fmt in Image.OPEN)
+
+
+def _read(data: bytes | str | os.PathLike[str], max_bytes: int) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+        size = len(raw)
+    else:
+        try:
+            st = os.stat(data)
+            if stat.S_ISDIR(st.st_mode):
+                raise ImageError(f"cannot read {os.fspath(data)!r}: is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(f"cannot read {os.fspath(data)!r}: not a regular file")
+            size = st.st_size
+            if size > max_bytes:
+                raise ImageError(_too_many_bytes(size, max_bytes))
+            with open(data, "rb") as f:
+                raw = f.read(max_bytes + 1)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ImageError(f"cannot read {os.fspath(data)!r}: {reason}") from None
+        size = len(raw)
+    if size == 0:
+        raise ImageError("file is empty")
+    if size > max_bytes:
+        raise ImageError(_too_many_bytes(size, max_bytes))
+    return raw
+
+
+def _too_many_bytes(size: int, limit: int) -> str:
+    return f"file too large: {size} bytes exceeds the limit of {limit}"
+
+
+def _pillow_bomb_message(limits: ImageLimits) -> str:
+    limit = min(limits.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0))
+    return f"image too large: exceeds the limit of {limit} pixels"
+
+
+def _check_size(width: int, height: int, limits: ImageLimits) -> None:
+    if width < 1 or height < 1:
+        raise ImageError(f"invalid image size: {width}x{height} pixels")
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            f"image too large: {width}x{height} pixels exceeds the limit of {limits.max_pixels}"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF (or XMP) orientation, 1 when absent or unreadable."""
+    try:
+        value = img.getexif().get(ExifTags.Base.Orientation)
+        return value if isinstance(value, int) and value in _TRANSPOSE else 1
+    except Exception:
+        return 1
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith(("I", "F")):
+        gray = _scale_to_uint8(np.asarray(img), mode)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba)
+        return background
+    return img.convert("RGB")
+
+
+def _scale_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit data keeps its scale (divide by 256); floats and other ranges are stretched."""
+    if pixels.dtype.kind == "u" and pixels.dtype.itemsize == 2:
+        return (pixels >> 8).astype(np.uint8)
+    if mode != "F" and pixels.size and pixels.min() >= 0 and pixels.max() <= 0xFFFF:
+        return (pixels >> 8).astype(np.uint8)
+    values = np.nan_to_num(pixels.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return ((values - low) * (255.0 / (high - low)) + 0.5).astype(np.uint8)

@@ -1,0 +1,164 @@
+"""The ingest pipeline: source items -> prepare (worker processes) -> batched encode -> store.
+
+Preparing (read, hash, decode, resize) runs ahead in worker processes while the main process
+encodes the previous batch, with a bounded number of items in flight so memory stays flat
+whatever the input size. Each batch is committed on its own, so a crash loses at most the
+batch in progress and a re-run skips what is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .encoders import Encoder
+from .errors import BadInputError
+from .fetch import FetchPolicy
+from .imaging import ImageLimits
+from .prepare import Failure, PreparedImage, prepare
+from .sources import SourceItem
+from .store import NewRow, Store
+from .types import IngestReport
+
+log = logging.getLogger("lookalike")
+
+Progress = Callable[[IngestReport], None]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How an ingest run behaves."""
+
+    batch_size: int = 64
+    workers: int = 0  # 0 prepares in the calling process
+    strict: bool = False  # stop at the first bad item instead of skipping it
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+
+
+class _InlineExecutor(Executor):
+    """Runs submitted work at once in this process (workers=0)."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def ingest(
+    store: Store,
+    encoder: Encoder,
+    items: Iterable[SourceItem],
+    options: IngestOptions = IngestOptions(),
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Add every new image of ``items`` to ``store``; the caller holds the writer lock."""
+    report = IngestReport()
+    started = time.monotonic()
+    batch: list[PreparedImage] = []
+    replaced: list[int] = []
+    batch_hashes: set[str] = set()
+
+    def flush() -> None:
+        if not batch:
+            return
+        vectors = encoder.encode_images(np.stack([p.pixels for p in batch]))
+        store.add(
+            [
+                NewRow(
+                    p.item.locator,
+                    p.content_hash,
+                    p.width,
+                    p.height,
+                    p.bytes,
+                    vector,
+                    p.item.mtime,
+                    p.item.metadata,
+                )
+                for p, vector in zip(batch, vectors, strict=True)
+            ]
+        )
+        if replaced:
+            store.mark_deleted(replaced)
+        report.added += len(batch)
+        report.replaced += len(replaced)
+        batch.clear()
+        replaced.clear()
+        batch_hashes.clear()
+
+    def fail(item: SourceItem, reason: str) -> None:
+        if options.strict:
+            raise BadInputError(f"{item.locator or 'manifest'}: {reason}")
+        log.warning("skipped %s: %s", item.locator or "manifest row", reason)
+        report.failed.append((item.locator, reason))
+
+    def take(result: PreparedImage | Failure) -> None:
+        if isinstance(result, Failure):
+            fail(result.item, result.reason)
+        else:
+            known = store.live_by_key(result.item.locator)
+            if known is not None and known.content_hash == result.content_hash:
+                report.unchanged += 1
+            elif result.content_hash in batch_hashes or store.live_by_hash(result.content_hash):
+                report.duplicates += 1
+            else:
+                if known is not None:
+                    replaced.append(known.id)
+                batch.append(result)
+                batch_hashes.add(result.content_hash)
+            if len(batch) >= options.batch_size:
+                flush()
+        report.seconds = time.monotonic() - started
+        if progress:
+            progress(report)
+
+    in_flight: deque[Future] = deque()
+    window = options.batch_size * 2 + options.workers * 8
+    with _executor(options.workers) as pool:
+        try:
+            for item in items:
+                if item.error:
+                    take(Failure(item, item.error))
+                    continue
+                if _unchanged(store, item):
+                    report.unchanged += 1
+                    if progress:
+                        progress(report)
+                    continue
+                in_flight.append(
+                    pool.submit(
+                        prepare, item, encoder.image_size, options.limits, options.fetch_policy
+                    )
+                )
+                while len(in_flight) >= window or (in_flight and in_flight[0].done()):
+                    take(in_flight.popleft().result())
+            while in_flight:
+                take(in_flight.popleft().result())
+            flush()
+        finally:
+            for future in in_flight:
+                future.cancel()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _unchanged(store: Store, item: SourceItem) -> bool:
+    """Whether the item is stored already and, for a file, has the same size and mtime."""
+    known = store.live_by_key(item.locator)
+    if known is None:
+        return False
+    return item.size is None or (known.bytes == item.size and known.mtime == item.mtime)
+
+
+def _executor(workers: int) -> Executor:
+    if workers <= 0:
+        return _InlineExecutor()
+    # spawn, not fork: the parent holds torch's thread pools, which do not survive a fork
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))

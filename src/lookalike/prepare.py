@@ -1,0 +1,67 @@
+"""Turning one source item into model input: read or fetch, hash, decode, resize.
+
+Runs in ingest worker processes, so it imports no torch and holds no state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import LookalikeError
+from .fetch import FetchPolicy, fetch, is_url
+from .imaging import ImageLimits, decode_image, to_model_input
+from .sources import SourceItem
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded image ready for the encoder."""
+
+    item: SourceItem
+    content_hash: str
+    width: int
+    height: int
+    bytes: int
+    pixels: np.ndarray  # uint8 (size, size, 3)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item that could not be prepared, and why."""
+
+    item: SourceItem
+    reason: str
+
+
+def content_hash(data: bytes) -> str:
+    """Identity of an image file's bytes."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def read_bytes(locator: str, limits: ImageLimits, policy: FetchPolicy) -> bytes:
+    """The bytes behind a path or URL, within the byte limits."""
+    if is_url(locator):
+        return fetch(locator, policy)
+    with open(locator, "rb") as handle:
+        data = handle.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        raise LookalikeError(f"file larger than the limit of {limits.max_bytes} bytes")
+    return data
+
+
+def prepare(
+    item: SourceItem, size: int, limits: ImageLimits, policy: FetchPolicy
+) -> PreparedImage | Failure:
+    """Prepare one item; every failure is returned, never raised."""
+    try:
+        data = read_bytes(item.locator, limits, policy)
+        decoded = decode_image(data, limits=limits, min_side=size)
+        pixels = to_model_input(decoded.image, size)
+    except LookalikeError as error:
+        return Failure(item, str(error))
+    except OSError as error:
+        return Failure(item, f"cannot read: {error.strerror or error}")
+    return PreparedImage(item, content_hash(data), decoded.width, decoded.height, len(data), pixels)

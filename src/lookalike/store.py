@@ -1,0 +1,379 @@
+"""The collection's rows (SQLite) and vectors (append-only shard files), committed together.
+
+Row ids are dense and never reused: row ``i`` owns vector ``i``. A write appends vectors past
+the committed count, fsyncs them, then commits the rows and the new count in one SQLite
+transaction. A crash between the two leaves vectors past the count, which readers ignore and
+the next writer truncates: a batch is visible whole or not at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError, CollectionError
+
+SHARD_ROWS = 1 << 20
+LOCK_TIMEOUT_S = 30.0
+
+# Step-by-step schema migrations: MIGRATIONS[i] takes schema version i to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        mtime REAL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        added_at REAL NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX items_key ON items (key);
+    CREATE INDEX items_hash ON items (content_hash);
+    CREATE TABLE roots (path TEXT PRIMARY KEY);
+    INSERT INTO meta VALUES ('vector_count', '0');
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass
+class NewRow:
+    """A row about to be added, with its vector."""
+
+    key: str
+    content_hash: str
+    width: int
+    height: int
+    bytes: int
+    vector: np.ndarray
+    mtime: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """A stored row."""
+
+    id: int
+    key: str
+    content_hash: str
+    width: int
+    height: int
+    bytes: int
+    mtime: float | None
+    metadata: dict[str, Any]
+    added_at: float
+    deleted: bool
+
+
+_ROW_COLUMNS = "id, key, content_hash, width, height, bytes, mtime, metadata, added_at, deleted"
+
+
+def _row(r: tuple) -> Row:
+    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]))
+
+
+class VectorShards:
+    """Float32 vectors in fixed-size shard files under ``directory``, read by memory map."""
+
+    def __init__(self, directory: Path, dim: int) -> None:
+        self.directory = directory
+        self.dim = dim
+        self._maps: dict[int, np.memmap] = {}
+
+    def _path(self, shard: int) -> Path:
+        return self.directory / f"{shard:05d}.f32"
+
+    def truncate(self, count: int) -> None:
+        """Drop every vector at position >= count (left over by a crashed write)."""
+        self._maps.clear()
+        last_shard, offset = divmod(count, SHARD_ROWS)
+        for path in self.directory.glob("*.f32"):
+            shard = int(path.stem)
+            if shard > last_shard:
+                path.unlink()
+            elif shard == last_shard and path.stat().st_size != offset * self.dim * 4:
+                with open(path, "r+b") as f:
+                    f.truncate(offset * self.dim * 4)
+
+    def append(self, start: int, vectors: np.ndarray) -> None:
+        """Write ``vectors`` at positions start.. and fsync them."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        position = 0
+        while position < len(vectors):
+            shard, offset = divmod(start + position, SHARD_ROWS)
+            take = min(len(vectors) - position, SHARD_ROWS - offset)
+            with open(self._path(shard), "ab") as f:
+                if f.tell() != offset * self.dim * 4:
+                    raise CollectionError(f"vector shard {self._path(shard)} has a wrong size")
+                f.write(vectors[position : position + take].tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            self._maps.pop(shard, None)
+            position += take
+
+    def _map(self, shard: int, rows: int) -> np.ndarray:
+        cached = self._maps.get(shard)
+        if cached is None or len(cached) < rows:
+            cached = np.memmap(self._path(shard), dtype=np.float32, mode="r").reshape(-1, self.dim)
+            self._maps[shard] = cached
+        return cached[:rows]
+
+    def chunks(self, count: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first id, read-only view) for the first ``count`` vectors, shard by shard."""
+        for shard in range((count + SHARD_ROWS - 1) // SHARD_ROWS):
+            start = shard * SHARD_ROWS
+            yield start, self._map(shard, min(SHARD_ROWS, count - start))
+
+    def get(self, ids: Sequence[int], count: int) -> np.ndarray:
+        """Vectors of the given ids (each < count), in order."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for i, row_id in enumerate(ids):
+            shard, offset = divmod(int(row_id), SHARD_ROWS)
+            out[i] = self._map(shard, min(SHARD_ROWS, count - shard * SHARD_ROWS))[offset]
+        return out
+
+
+class Store:
+    """Rows and vectors of one collection directory."""
+
+    def __init__(self, directory: Path, dim: int, *, readonly: bool = False) -> None:
+        self.directory = directory
+        self.dim = dim
+        vector_dir = directory / "vectors"
+        vector_dir.mkdir(exist_ok=True)
+        self.vectors = VectorShards(vector_dir, dim)
+        self._db = sqlite3.connect(
+            directory / "rows.sqlite",
+            timeout=LOCK_TIMEOUT_S,
+            check_same_thread=False,
+            isolation_level=None,
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+        self._lock_file: Any = None
+        self._seen_version: tuple[int, int] | None = None
+        self.count = 0
+        self.deleted = np.zeros(0, dtype=bool)
+        self.refresh()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CollectionError(
+                f"collection schema version {version} is newer than this lookalike supports "
+                f"({SCHEMA_VERSION}); upgrade lookalike"
+            )
+        while version < SCHEMA_VERSION:
+            # executescript commits whatever is pending, so the script carries its own transaction
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {MIGRATIONS[version]}; "
+                f"PRAGMA user_version = {version + 1}; COMMIT;"
+            )
+            version += 1
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Release the writer lock and the database connection."""
+        self.unlock()
+        self._db.close()
+
+    # -- freshness -------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Load the committed count and deleted flags if another connection changed them."""
+        version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes)
+        if version == self._seen_version:
+            return False
+        self._seen_version = version
+        self.count = int(
+            self._db.execute("SELECT value FROM meta WHERE key = 'vector_count'").fetchone()[0]
+        )
+        deleted = np.zeros(self.count, dtype=bool)
+        ids = [r[0] for r in self._db.execute("SELECT id FROM items WHERE deleted = 1")]
+        deleted[np.asarray(ids, dtype=np.int64)] = True
+        self.deleted = deleted
+        return True
+
+    # -- writer lock -----------------------------------------------------------------------
+
+    def lock(self, timeout: float = LOCK_TIMEOUT_S) -> None:
+        """Take the single-writer lock, waiting up to ``timeout`` seconds."""
+        if self._lock_file is not None:
+            return
+        handle = open(self.directory / "write.lock", "a+")  # noqa: SIM115 - held until unlock()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    raise CollectionError(
+                        f"{self.directory} is being written by another process "
+                        f"(waited {timeout:.0f} s); try again when it has finished"
+                    ) from None
+                time.sleep(0.05)
+        self._lock_file = handle
+        self.refresh()
+        self.vectors.truncate(self.count)
+
+    def unlock(self) -> None:
+        """Release the writer lock."""
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add(self, rows: Sequence[NewRow]) -> list[int]:
+        """Append rows and their vectors atomically; return their ids."""
+        if not rows:
+            return []
+        self._require_lock()
+        vectors = np.stack([r.vector for r in rows]).astype(np.float32, copy=False)
+        if vectors.shape[1] != self.dim:
+            raise BadInputError(f"vectors have dimension {vectors.shape[1]}, expected {self.dim}")
+        start = self.count
+        self.vectors.append(start, vectors)
+        now = time.time()
+        with self._transaction():
+            self._db.executemany(
+                f"INSERT INTO items ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                [
+                    (
+                        start + i,
+                        r.key,
+                        r.content_hash,
+                        r.width,
+                        r.height,
+                        r.bytes,
+                        r.mtime,
+                        json.dumps(r.metadata, ensure_ascii=False, default=str),
+                        now,
+                    )
+                    for i, r in enumerate(rows)
+                ],
+            )
+            self._db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'vector_count'", (str(start + len(rows)),)
+            )
+        self.refresh()
+        return list(range(start, start + len(rows)))
+
+    def mark_deleted(self, ids: Iterable[int]) -> int:
+        """Flag rows as deleted; return how many live rows were removed."""
+        self._require_lock()
+        ids = [int(i) for i in ids]
+        with self._transaction():
+            changed = self._db.executemany(
+                "UPDATE items SET deleted = 1 WHERE id = ? AND deleted = 0", [(i,) for i in ids]
+            ).rowcount
+        self.refresh()
+        return changed
+
+    def add_roots(self, paths: Iterable[str]) -> None:
+        """Remember folders whose files the collection may serve."""
+        with self._transaction():
+            self._db.executemany("INSERT OR IGNORE INTO roots VALUES (?)", [(p,) for p in paths])
+
+    def _require_lock(self) -> None:
+        if self._lock_file is None:
+            raise CollectionError("writing needs the collection's writer lock")
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def rows(self, ids: Sequence[int]) -> dict[int, Row]:
+        """Rows by id (deleted ones included)."""
+        out: dict[int, Row] = {}
+        ids = [int(i) for i in ids]
+        for begin in range(0, len(ids), 500):
+            chunk = ids[begin : begin + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM items WHERE id IN ({marks})", chunk
+            ):
+                out[r[0]] = _row(r)
+        return out
+
+    def live_by_key(self, key: str) -> Row | None:
+        """The live row stored under ``key`` (path or URL), if any."""
+        r = self._db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM items WHERE key = ? AND deleted = 0 LIMIT 1", (key,)
+        ).fetchone()
+        return _row(r) if r else None
+
+    def live_by_hash(self, content_hash: str) -> Row | None:
+        """A live row with this content hash, if any."""
+        r = self._db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM items WHERE content_hash = ? AND deleted = 0 LIMIT 1",
+            (content_hash,),
+        ).fetchone()
+        return _row(r) if r else None
+
+    def ids_matching(self, equals: dict[str, Any]) -> np.ndarray:
+        """Ids of live rows whose metadata has each key equal to the given value."""
+        clauses, params = [], []
+        for name, value in equals.items():
+            clauses.append("json_extract(metadata, ?) IS ?")
+            params.append(_json_path(name))
+            params.append(value if not isinstance(value, bool) else int(value))
+        where = " AND ".join(["deleted = 0", *clauses])
+        ids = [r[0] for r in self._db.execute(f"SELECT id FROM items WHERE {where}", params)]
+        return np.asarray(ids, dtype=np.int64)
+
+    def roots(self) -> list[str]:
+        """Folders registered as sources of the collection's files."""
+        return [r[0] for r in self._db.execute("SELECT path FROM roots ORDER BY path")]
+
+    def live_count(self) -> int:
+        """Number of rows not deleted."""
+        return int(self.count - self.deleted.sum())
+
+    def iter_live(self, batch: int = 10_000) -> Iterator[Row]:
+        """Every live row in id order."""
+        last = -1
+        while True:
+            found = self._db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM items WHERE deleted = 0 AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not found:
+                return
+            for r in found:
+                yield _row(r)
+            last = found[-1][0]
+
+
+def _json_path(name: str) -> str:
+    if not name or any(c in name for c in '."[]$'):
+        raise BadInputError(f"filter field {name!r} must be a plain metadata key")
+    return f'$."{name}"'

@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny random-weight models saved as local files, and generated images."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lookalike.demo import draw_image
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(spec, weights file) of a tiny open_clip model with random weights, saved to disk."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    config = folder / "lookalike-tiny.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    model = open_clip.create_model("lookalike-tiny")
+    weights = folder / "tiny.pt"
+    torch.save(model.state_dict(), weights)
+    return f"open_clip:{config}", weights
+
+
+@pytest.fixture(scope="session")
+def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Saves a random-weight torchvision classifier's state_dict; returns its file."""
+    import torch
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("backbones")
+    made: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in made:
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(arch, weights=None)
+            made[arch] = folder / f"{arch}.pth"
+            torch.save(model.state_dict(), made[arch])
+        return made[arch]
+
+    return make
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
+    """Image -> encoded bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+FORMATS = [
+    ("PNG", ".png", "RGB"),
+    ("JPEG", ".jpg", "RGB"),
+    ("WEBP", ".webp", "RGB"),
+    ("GIF", ".gif", "P"),
+    ("BMP", ".bmp", "RGB"),
+    ("TIFF", ".tif", "RGB"),
+    ("PNG", ".png", "RGBA"),
+    ("PNG", ".png", "L"),
+    ("JPEG", ".jpeg", "CMYK"),
+    ("PNG", ".png", "LA"),
+]
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Callable[..., Path]:
+    """Writes ``count`` distinct images of several formats, modes and sizes into a folder."""
+
+    def make(count: int = 24, name: str = "photos", start: int = 0) -> Path:
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        for i in range(start, start + count):
+            fmt, suffix, mode = FORMATS[i % len(FORMATS)]
+            size = (32 + (i * 7) % 90, 24 + (i * 11) % 70)
+            sub = folder / ("nested" if i % 3 == 0 else "")
+            sub.mkdir(exist_ok=True)
+            (sub / f"img{i:04d}{suffix}").write_bytes(encode(draw_image(i, size, mode), fmt))
+        return folder
+
+    return make
