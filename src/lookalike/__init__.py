@@ -22,9 +22,15 @@ from .types import Hit, IngestReport, Item
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .client import APIError, AsyncClient, Client
     from .collection import Collection
 
-_LAZY = {"Collection": "collection"}
+_LAZY = {
+    "Collection": "collection",
+    "Client": "client",
+    "AsyncClient": "client",
+    "APIError": "client",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,7 +42,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "APIError",
+    "AsyncClient",
     "BadInputError",
+    "Client",
     "Collection",
     "CollectionError",
     "FetchError",

@@ -137,26 +137,44 @@ def search(
     ] = None,
     include_self: Annotated[bool, typer.Option(help="Keep --id images in results.")] = False,
     allow_private_urls: AllowPrivate = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask a lookalike server at this URL; COLLECTION is then its collection name."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="LOOKALIKE_API_KEY", help="API key for --server.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the images most similar to the query: rank, score, id, path."""
     query: dict[str, Any] = {
         "text": text,
         "url": url,
-        "id": id or None,
         "vector": _read_vector(vector) if vector else None,
     }
     if image is not None:
         query["image"] = _read_file(image)
-    with _open(collection, allow_private_urls) as col:
-        hits = col.search(
-            **query,
-            k=k,
-            filter=_parse_filters(filter or []),
-            exclude_ids=exclude_id or (),
-            dedupe=dedupe,
-            include_self=include_self,
-        )
+    options: dict[str, Any] = {
+        "k": k,
+        "filter": _parse_filters(filter or []),
+        "exclude_ids": exclude_id or [],
+        "dedupe": dedupe,
+        "include_self": include_self,
+    }
+    if server:
+        from .client import Client
+
+        if id and len(id) > 1:
+            query["query"] = [{"id": i} for i in id]
+        else:
+            query["id"] = id[0] if id else None
+        with Client(server, api_key) as remote:
+            hits = remote.search(str(collection), **query, **options)
+    else:
+        with _open(collection, allow_private_urls) as col:
+            hits = col.search(**query, id=id or None, **options)
     if as_json:
         out.print_json(data=[h.to_dict() for h in hits])
         return
@@ -192,6 +210,74 @@ def remove(
     with _open(collection) as col:
         removed = col.remove(ids=id or (), paths=path or ())
     out.print(f"removed {removed}")
+
+
+@app.command()
+def serve(
+    collections: Annotated[
+        list[str],
+        typer.Argument(
+            help="Collection directories, each served under its folder name or as NAME=DIR."
+        ),
+    ],
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to bind; keep 127.0.0.1 unless a "
+            "reverse proxy or firewall stands in front."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Require this API key (repeatable; also $LOOKALIKE_API_KEYS, comma-separated)."
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Allow browser calls from this origin (repeatable; default: CORS off)."),
+    ] = None,
+    max_k: Annotated[int, typer.Option(help="Largest k a request may ask for.")] = 1000,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 32,
+    rate_limit: Annotated[
+        int, typer.Option(help="Requests per minute per client address (0: no limit).")
+    ] = 0,
+    allow_private_urls: AllowPrivate = False,
+    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+) -> None:
+    """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
+    import uvicorn
+
+    from .collection import Collection
+    from .fetch import FetchPolicy
+    from .server import ServerSettings, create_app
+
+    policy = FetchPolicy(allow_private=allow_private_urls)
+    opened = {}
+    for entry in collections:
+        name, sep, folder = entry.partition("=")
+        path = Path(folder if sep else entry)
+        name = name if sep else path.resolve().name
+        if name in opened:
+            raise BadInputError(f"two collections are named {name!r}; use NAME=DIR")
+        opened[name] = Collection.open(path, device=device, fetch_policy=policy)
+    settings = ServerSettings.with_env_keys(
+        api_keys=tuple(api_key or ()),
+        cors_origins=tuple(cors_origin or ()),
+        max_k=max_k,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        rate_limit_per_minute=rate_limit,
+        allow_private_urls=allow_private_urls,
+    )
+    err.print(f"serving {', '.join(opened)} on http://{host}:{port}", highlight=False)
+    uvicorn.run(
+        create_app(opened, settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_keep_alive=5,
+    )
 
 
 @app.command()
@@ -289,17 +375,7 @@ def main() -> None:
     """Entry point: run the app, turning lookalike errors into one clear line."""
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     try:
-        app(standalone_mode=False)
+        app()
     except LookalikeError as error:
         err.print(f"[red]error:[/] {error}", highlight=False)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
-    except Exception as error:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise

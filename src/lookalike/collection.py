@@ -28,7 +28,7 @@ from .ingest import IngestOptions, Progress, ingest
 from .prepare import content_hash
 from .query import QueryPart, parse_parts
 from .sources import SourceItem, iter_source, source_roots
-from .store import Store
+from .store import Store, View
 from .types import Hit, IngestReport, Item
 
 FORMAT_VERSION = 1
@@ -161,7 +161,6 @@ class Collection:
         self.close()
 
     def __len__(self) -> int:
-        self.store.refresh()
         return self.store.live_count()
 
     def __repr__(self) -> str:
@@ -198,7 +197,7 @@ class Collection:
             roots = source_roots(source)
         else:
             items, roots = source, []
-        with self._writing():
+        with self.store.writing():
             if roots:
                 self.store.add_roots(roots)
             return ingest(self.store, self.encoder, items, self._ingest_options(options), progress)
@@ -235,11 +234,8 @@ class Collection:
             if row is None:
                 raise NotFoundError(f"no image stored under {text}")
             wanted.append(row.id)
-        with self._writing():
+        with self.store.writing():
             return self.store.mark_deleted(wanted)
-
-    def _writing(self) -> Any:
-        return _WriterLock(self.store)
 
     def _ingest_options(self, options: dict[str, Any]) -> IngestOptions:
         return IngestOptions(limits=self.limits, fetch_policy=self.fetch_policy, **options)
@@ -261,18 +257,29 @@ class Collection:
     def get(self, id: int) -> Item:
         """The stored image with this id."""
         self.store.refresh()
+        if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
+            raise BadInputError("an id must be an integer")
         row = self.store.rows([id]).get(int(id))
         if row is None or row.deleted:
             raise NotFoundError(f"no image with id {id}")
         return _item(row)
 
+    def lookup(self, image: str | os.PathLike[str] | bytes) -> Item | None:
+        """The stored image for a path or URL, or holding these exact bytes, if any."""
+        if isinstance(image, bytes):
+            row = self.store.live_by_hash(content_hash(image))
+        else:
+            text = os.fspath(image)
+            row = self.store.live_by_key(text if is_url(text) else str(Path(text).resolve()))
+        return _item(row) if row else None
+
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored vectors of live ids."""
-        self.store.refresh()
+        view = self.store.view()
         for i in ids:
-            if not 0 <= int(i) < self.store.count or self.store.deleted[int(i)]:
+            if not 0 <= int(i) < view.count or view.deleted[int(i)]:
                 raise NotFoundError(f"no image with id {i}")
-        return self.store.vectors.get(ids, self.store.count)
+        return self.store.vectors.get(ids, view.count)
 
     def embed(
         self,
@@ -317,15 +324,14 @@ class Collection:
             raise BadInputError("dedupe must be a cosine similarity in (0, 1]")
         parts = parse_parts(query, text=text, image=image, url=url, id=id, vector=vector)
         query_vector = self._combine(parts, model)
-        self.store.refresh()
-        allowed = self._allowed(
-            filter, exclude_ids, [] if include_self else [p.value for p in parts if p.kind == "id"]
-        )
-        depth = min(k * 4 if dedupe else k, MAX_K * 4)
-        scores, ids = self.index.search(query_vector[None, :], depth, self.store.count, allowed)
+        view = self.store.view()
+        query_ids = [] if include_self else [p.value for p in parts if p.kind == "id"]
+        allowed = self._allowed(view, filter, [*exclude_ids, *query_ids])
+        depth = k * 4 if dedupe else k
+        scores, ids = self.index.search(query_vector[None, :], depth, view.count, allowed)
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         if dedupe:
-            found = self._dedupe(found, dedupe)
+            found = self._dedupe(found, dedupe, view.count)
         found = found[:k]
         rows = self.store.rows([i for i, _ in found])
         return [Hit(**_item(rows[i]).to_dict(), score=score) for i, score in found]
@@ -358,23 +364,31 @@ class Collection:
         return self.encoder.encode_images(pixels[None])[0]
 
     def _allowed(
-        self, filter: Mapping[str, Any] | None, exclude: Iterable[int], query_ids: Iterable[int]
+        self, view: View, filter: Mapping[str, Any] | None, excluded: Iterable[Any]
     ) -> np.ndarray:
-        allowed = ~self.store.deleted
+        """Mask over ids of the rows a search may return."""
+        allowed = ~view.deleted
         if filter:
             if not isinstance(filter, Mapping):
                 raise BadInputError("filter must map metadata keys to values")
+            ids = self.store.ids_matching(dict(filter))
             matching = np.zeros_like(allowed)
-            matching[self.store.ids_matching(dict(filter))] = True
+            matching[ids[ids < view.count]] = True
             allowed &= matching
-        dropped = [int(i) for i in (*exclude, *query_ids) if 0 <= int(i) < len(allowed)]
-        allowed[dropped] = False
+        try:
+            dropped = [int(i) for i in excluded]
+        except (TypeError, ValueError):
+            raise BadInputError("exclude_ids must be integer ids") from None
+        allowed[[i for i in dropped if 0 <= i < view.count]] = False
         return allowed
 
-    def _dedupe(self, found: list[tuple[int, float]], threshold: float) -> list[tuple[int, float]]:
+    def _dedupe(
+        self, found: list[tuple[int, float]], threshold: float, count: int
+    ) -> list[tuple[int, float]]:
+        """Drop hits whose cosine to a better-ranked kept hit reaches ``threshold``."""
         if not found:
             return found
-        vectors = self.store.vectors.get([i for i, _ in found], self.store.count)
+        vectors = self.store.vectors.get([i for i, _ in found], count)
         kept: list[int] = []
         for position in range(len(found)):
             if not kept or float(np.max(vectors[kept] @ vectors[position])) < threshold:
@@ -383,12 +397,13 @@ class Collection:
 
     def stats(self) -> Stats:
         """Counts, model and size on disk."""
-        self.store.refresh()
+        view = self.store.view()
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        deleted = int(view.deleted.sum())
         return Stats(
             str(self.path),
-            self.store.live_count(),
-            int(self.store.deleted.sum()),
+            view.count - deleted,
+            deleted,
             self.model,
             self.weights,
             self.dim,
@@ -404,18 +419,6 @@ class Collection:
     def roots(self) -> list[str]:
         """Folders the collection's files were indexed from (plus its uploads)."""
         return [*self.store.roots(), str((self.path / UPLOADS).resolve())]
-
-
-class _WriterLock:
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def __enter__(self) -> Store:
-        self.store.lock()
-        return self.store
-
-    def __exit__(self, *_: object) -> None:
-        self.store.unlock()
 
 
 def _item(row: Any) -> Item:

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -86,6 +87,14 @@ _ROW_COLUMNS = "id, key, content_hash, width, height, bytes, mtime, metadata, ad
 
 def _row(r: tuple) -> Row:
     return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]))
+
+
+@dataclass(frozen=True)
+class View:
+    """A consistent snapshot for readers: committed row count and deleted flags by id."""
+
+    count: int
+    deleted: np.ndarray
 
 
 class VectorShards:
@@ -164,13 +173,14 @@ class Store:
             check_same_thread=False,
             isolation_level=None,
         )
+        self._mutex = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
         self._lock_file: Any = None
+        self._writer = threading.Lock()  # the flock is per process; this orders its threads
         self._seen_version: tuple[int, int] | None = None
-        self.count = 0
-        self.deleted = np.zeros(0, dtype=bool)
+        self._view = View(0, np.zeros(0, dtype=bool))
         self.refresh()
 
     def _migrate(self) -> None:
@@ -190,13 +200,19 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run a query under the connection's mutex (threads share one connection)."""
+        with self._mutex:
+            return self._db.execute(sql, params).fetchall()
 
     def close(self) -> None:
         """Release the writer lock and the database connection."""
@@ -207,25 +223,52 @@ class Store:
 
     def refresh(self) -> bool:
         """Load the committed count and deleted flags if another connection changed them."""
-        version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes)
-        if version == self._seen_version:
-            return False
-        self._seen_version = version
-        self.count = int(
-            self._db.execute("SELECT value FROM meta WHERE key = 'vector_count'").fetchone()[0]
-        )
-        deleted = np.zeros(self.count, dtype=bool)
-        ids = [r[0] for r in self._db.execute("SELECT id FROM items WHERE deleted = 1")]
-        deleted[np.asarray(ids, dtype=np.int64)] = True
-        self.deleted = deleted
-        return True
+        with self._mutex:
+            version = (self._select("PRAGMA data_version")[0][0], self._db.total_changes)
+            if version == self._seen_version:
+                return False
+            count = int(self._select("SELECT value FROM meta WHERE key = 'vector_count'")[0][0])
+            deleted = np.zeros(count, dtype=bool)
+            ids = [r[0] for r in self._select("SELECT id FROM items WHERE deleted = 1")]
+            deleted[np.asarray(ids, dtype=np.int64)] = True
+            self._view = View(count, deleted)
+            self._seen_version = version
+            return True
+
+    def view(self) -> View:
+        """The latest committed (count, deleted) pair, refreshed first."""
+        self.refresh()
+        return self._view
+
+    @property
+    def count(self) -> int:
+        """Committed rows (deleted included), as of the last refresh."""
+        return self._view.count
+
+    @property
+    def deleted(self) -> np.ndarray:
+        """Deleted flags by id, as of the last refresh."""
+        return self._view.deleted
 
     # -- writer lock -----------------------------------------------------------------------
 
+    @contextmanager
+    def writing(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Store]:
+        """Hold the single-writer lock (threads of this process and other processes alike)."""
+        self.lock(timeout)
+        try:
+            yield self
+        finally:
+            self.unlock()
+
     def lock(self, timeout: float = LOCK_TIMEOUT_S) -> None:
         """Take the single-writer lock, waiting up to ``timeout`` seconds."""
-        if self._lock_file is not None:
-            return
+        busy = CollectionError(
+            f"{self.directory} is being written by another writer (waited {timeout:.0f} s); "
+            "try again when it has finished"
+        )
+        if not self._writer.acquire(timeout=timeout):
+            raise busy
         handle = open(self.directory / "write.lock", "a+")  # noqa: SIM115 - held until unlock()
         deadline = time.monotonic() + timeout
         while True:
@@ -235,10 +278,8 @@ class Store:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     handle.close()
-                    raise CollectionError(
-                        f"{self.directory} is being written by another process "
-                        f"(waited {timeout:.0f} s); try again when it has finished"
-                    ) from None
+                    self._writer.release()
+                    raise busy from None
                 time.sleep(0.05)
         self._lock_file = handle
         self.refresh()
@@ -250,6 +291,7 @@ class Store:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+            self._writer.release()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -317,26 +359,24 @@ class Store:
         for begin in range(0, len(ids), 500):
             chunk = ids[begin : begin + 500]
             marks = ",".join("?" * len(chunk))
-            for r in self._db.execute(
-                f"SELECT {_ROW_COLUMNS} FROM items WHERE id IN ({marks})", chunk
-            ):
+            for r in self._select(f"SELECT {_ROW_COLUMNS} FROM items WHERE id IN ({marks})", chunk):
                 out[r[0]] = _row(r)
         return out
 
     def live_by_key(self, key: str) -> Row | None:
         """The live row stored under ``key`` (path or URL), if any."""
-        r = self._db.execute(
+        found = self._select(
             f"SELECT {_ROW_COLUMNS} FROM items WHERE key = ? AND deleted = 0 LIMIT 1", (key,)
-        ).fetchone()
-        return _row(r) if r else None
+        )
+        return _row(found[0]) if found else None
 
     def live_by_hash(self, content_hash: str) -> Row | None:
         """A live row with this content hash, if any."""
-        r = self._db.execute(
+        found = self._select(
             f"SELECT {_ROW_COLUMNS} FROM items WHERE content_hash = ? AND deleted = 0 LIMIT 1",
             (content_hash,),
-        ).fetchone()
-        return _row(r) if r else None
+        )
+        return _row(found[0]) if found else None
 
     def ids_matching(self, equals: dict[str, Any]) -> np.ndarray:
         """Ids of live rows whose metadata has each key equal to the given value."""
@@ -346,26 +386,27 @@ class Store:
             params.append(_json_path(name))
             params.append(value if not isinstance(value, bool) else int(value))
         where = " AND ".join(["deleted = 0", *clauses])
-        ids = [r[0] for r in self._db.execute(f"SELECT id FROM items WHERE {where}", params)]
+        ids = [r[0] for r in self._select(f"SELECT id FROM items WHERE {where}", params)]
         return np.asarray(ids, dtype=np.int64)
 
     def roots(self) -> list[str]:
         """Folders registered as sources of the collection's files."""
-        return [r[0] for r in self._db.execute("SELECT path FROM roots ORDER BY path")]
+        return [r[0] for r in self._select("SELECT path FROM roots ORDER BY path")]
 
     def live_count(self) -> int:
         """Number of rows not deleted."""
-        return int(self.count - self.deleted.sum())
+        view = self.view()
+        return int(view.count - view.deleted.sum())
 
     def iter_live(self, batch: int = 10_000) -> Iterator[Row]:
         """Every live row in id order."""
         last = -1
         while True:
-            found = self._db.execute(
+            found = self._select(
                 f"SELECT {_ROW_COLUMNS} FROM items WHERE deleted = 0 AND id > ? "
                 "ORDER BY id LIMIT ?",
                 (last, batch),
-            ).fetchall()
+            )
             if not found:
                 return
             for r in found:

@@ -31,7 +31,12 @@ class TorchvisionEncoder:
         self.device = pick_device(device)
         model = torchvision.models.get_model(arch, weights=None if weights else "DEFAULT")
         if weights is not None:
-            model.load_state_dict(_read_state_dict(Path(weights)))
+            try:
+                model.load_state_dict(_read_state_dict(Path(weights)))
+            except RuntimeError as error:  # keys or shapes of another architecture
+                raise BadInputError(
+                    f"weights file {weights} does not fit {self.spec}: {_first_line(error)}"
+                ) from error
         self.dim = _drop_last_linear(model)
         self.model = model.eval().to(self.device)
         self._normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, self.device)
@@ -52,7 +57,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise BadInputError(f"cannot read weights file {path}: {error}") from error
+        raise BadInputError(f"cannot read weights file {path}: {_first_line(error)}") from error
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -72,3 +77,9 @@ def _drop_last_linear(model: torch.nn.Module) -> int:
     parent = model.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else model
     setattr(parent, last_name.rpartition(".")[2], torch.nn.Identity())
     return int(last.in_features)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message: torch's run to pages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

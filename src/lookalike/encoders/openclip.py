@@ -47,8 +47,8 @@ class OpenClipEncoder:
                 pretrained=str(weights) if weights else (pretrained or None),
                 device=self.device,
             )
-        except (RuntimeError, OSError, KeyError, ValueError) as error:
-            raise BadInputError(f"cannot load {self.spec}: {error}") from error
+        except Exception as error:  # torch and open_clip raise many types for a bad checkpoint
+            raise BadInputError(f"cannot load {self.spec}: {_first_line(error)}") from error
         finally:
             root_logger.setLevel(level)
         self.model.eval()
@@ -76,3 +76,9 @@ class OpenClipEncoder:
                 raise BadInputError(f"a text query is limited to {MAX_TEXT_CHARS} characters")
         tokens = self.tokenizer(texts).to(self.device)
         return unit_rows(self.model.encode_text(tokens))
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message: torch's run to pages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

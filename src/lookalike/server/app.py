@@ -1,0 +1,389 @@
+"""The FastAPI app: routes that translate HTTP to :class:`lookalike.Collection` calls."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.datastructures import UploadFile
+
+from .. import __version__
+from ..collection import Collection
+from ..errors import BadInputError, ImageError, NotFoundError
+from ..types import Hit, Item
+from . import compat, errors
+from .bodies import decode_base64, links, read_json
+from .files import local_image_path, thumbnail
+from .guards import Guard
+from .metrics import Metrics
+from .schemas import (
+    AddResponse,
+    AddUrlsBody,
+    CollectionBody,
+    CollectionsResponse,
+    DeleteResponse,
+    HealthResponse,
+    HitBody,
+    ItemBody,
+    SearchBody,
+    SearchResponse,
+)
+from .settings import ServerSettings
+
+WEB = resources.files("lookalike") / "web"
+SEARCH_FORM_FIELDS = ("k", "filter", "exclude_ids", "include_self", "dedupe")
+
+
+class Served:
+    """The collections a server answers for, by name."""
+
+    def __init__(self, collections: Mapping[str, Collection], settings: ServerSettings) -> None:
+        self.collections = dict(collections)
+        self.settings = settings
+
+    def __getitem__(self, name: str) -> Collection:
+        try:
+            return self.collections[name]
+        except KeyError:
+            raise NotFoundError(f"no collection named {name!r}") from None
+
+    def k(self, asked: int) -> int:
+        """k within the server's cap."""
+        if asked > self.settings.max_k:
+            raise BadInputError(f"k must be at most {self.settings.max_k} on this server")
+        return asked
+
+
+def create_app(
+    collections: Mapping[str, Collection],
+    settings: ServerSettings | None = None,
+    *,
+    load_models: bool = True,
+) -> FastAPI:
+    """An app serving ``collections`` (name -> open Collection)."""
+    settings = settings or ServerSettings()
+    served = Served(collections, settings)
+    if load_models:
+        for collection in served.collections.values():
+            _ = collection.encoder  # load once at start, not on the first request
+    app = FastAPI(
+        title="lookalike",
+        version=__version__,
+        description="Find the images of a collection that look like a query.",
+        responses=errors.ERROR_RESPONSES,
+    )
+    app.state.served = served
+    metrics = Metrics()
+    errors.install(app)
+    app.include_router(_api(served, metrics))
+    app.include_router(compat.router(served))
+    app.mount("/static", StaticFiles(directory=str(WEB)), name="static")
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "x-api-key", "content-type"],
+        )
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
+    _document_search_body(app)
+    return app
+
+
+def _api(served: Served, metrics: Metrics) -> APIRouter:
+    api = APIRouter()
+
+    @api.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((WEB / "index.html").read_text())
+
+    @api.get("/health", response_model=HealthResponse)
+    def health() -> HealthResponse:
+        """Liveness: answers while the server runs."""
+        return HealthResponse(status="ok", collections=len(served.collections))
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> str:
+        """Request counts and latencies, and collection sizes, in Prometheus' text format."""
+        sizes = {name: float(len(c)) for name, c in served.collections.items()}
+        return metrics.render({"lookalike_collection_images": sizes})
+
+    @api.get("/v1/collections", response_model=CollectionsResponse)
+    def list_collections() -> CollectionsResponse:
+        """Names, sizes and models of the served collections."""
+        return CollectionsResponse(
+            collections=[
+                CollectionBody(
+                    name=name,
+                    count=len(c),
+                    model=c.model,
+                    dim=c.dim,
+                    index=c.index.kind,
+                    supports_text=c.encoder.supports_text,
+                )
+                for name, c in served.collections.items()
+            ]
+        )
+
+    @api.post(
+        "/v1/collections/{name}/search",
+        response_model=SearchResponse,
+        openapi_extra={"requestBody": _SEARCH_REQUEST_BODY},
+    )
+    async def search(name: str, request: Request) -> SearchResponse:
+        """Search by exactly one of text, image (base64), url, id, vector or weighted query
+        parts (JSON body), or by an uploaded image (multipart field ``image``)."""
+        collection = served[name]
+        body = await _search_body(request)
+        started = time.perf_counter()
+        hits = await run_in_threadpool(_run_search, collection, served, body)
+        return SearchResponse(
+            results=[_hit_body(name, h) for h in hits],
+            took_ms=round((time.perf_counter() - started) * 1000, 3),
+            model=collection.model,
+        )
+
+    @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
+    def get_item(name: str, item_id: int) -> ItemBody:
+        """One stored image's size, metadata and links."""
+        return _item_body(name, served[name].get(item_id))
+
+    @api.get(
+        "/v1/collections/{name}/items/{item_id}/image",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/*": {}}}, 307: {"description": "remote image"}},
+    )
+    def get_image(name: str, item_id: int) -> Any:
+        """The full image: the file itself, or a redirect to its URL."""
+        collection = served[name]
+        item = collection.get(item_id)
+        if item.url:
+            return RedirectResponse(item.url, status_code=307)
+        path = local_image_path(collection, item_id)
+        return FileResponse(path, media_type=_media_type(path))
+
+    @api.get(
+        "/v1/collections/{name}/items/{item_id}/thumbnail",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    def get_thumbnail(name: str, item_id: int) -> FileResponse:
+        """A JPEG thumbnail, made on first request and cached."""
+        path = thumbnail(served[name], item_id, served.settings.thumbnail_side)
+        return FileResponse(
+            path, media_type="image/jpeg", headers={"cache-control": "public, max-age=86400"}
+        )
+
+    @api.post(
+        "/v1/collections/{name}/items",
+        response_model=AddResponse,
+        openapi_extra={"requestBody": _ADD_REQUEST_BODY},
+    )
+    async def add_items(name: str, request: Request) -> AddResponse:
+        """Add images: uploaded files (multipart field ``files``, optional ``metadata``, a JSON
+        list) or URLs (JSON body ``{"urls": [...], "metadata": [...]}``)."""
+        collection = served[name]
+        images, metadata = await _add_body(request)
+        report = await run_in_threadpool(collection.add_images, images, metadata=metadata)
+        found = [collection.lookup(image) for image in images]
+        items = [_item_body(name, item) for item in found if item is not None]
+        return AddResponse(
+            added=report.added,
+            unchanged=report.unchanged,
+            duplicates=report.duplicates,
+            items=items,
+            failed=[{"source": s, "reason": r} for s, r in report.failed],
+        )
+
+    @api.delete("/v1/collections/{name}/items/{item_id}", response_model=DeleteResponse)
+    def delete_item(name: str, item_id: int) -> DeleteResponse:
+        """Remove an image; it never comes back in results."""
+        collection = served[name]
+        collection.get(item_id)
+        return DeleteResponse(removed=collection.remove(ids=[item_id]))
+
+    return api
+
+
+def _run_search(collection: Collection, served: Served, body: SearchBody) -> list[Hit]:
+    parts = None
+    if body.query is not None:
+        parts = [_part(p.model_dump(exclude_none=True)) for p in body.query]
+    single = (
+        _part(body.model_dump(include={"text", "image", "url", "id", "vector"}, exclude_none=True))
+        if parts is None
+        else {}
+    )
+    return collection.search(
+        parts,
+        **single,
+        k=served.k(body.k),
+        filter=body.filter,
+        exclude_ids=body.exclude_ids,
+        include_self=body.include_self,
+        dedupe=body.dedupe,
+    )
+
+
+def _part(fields: dict[str, Any]) -> dict[str, Any]:
+    """A query part with its base64 image decoded."""
+    if "image" in fields:
+        fields["image"] = decode_base64(fields["image"])
+    return fields
+
+
+async def _search_body(request: Request) -> SearchBody:
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=20)
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise BadInputError("a multipart search needs an image file in the field 'image'")
+        fields: dict[str, Any] = {}
+        for field in SEARCH_FORM_FIELDS:
+            value = form.get(field)
+            if isinstance(value, str) and value != "":
+                fields[field] = _form_value(field, value)
+        data = await upload.read()
+        return SearchBody.model_validate(
+            {**fields, "image": base64.b64encode(data).decode("ascii")}
+        )
+    return SearchBody.model_validate(await read_json(request))
+
+
+async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] | None]:
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=1000, max_fields=10)
+        files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+        if not files:
+            raise BadInputError("upload images in the multipart field 'files'")
+        images = [await f.read() for f in files]
+        for data, upload in zip(images, files, strict=True):
+            _require_image(data, upload.filename or "upload")
+        raw = form.get("metadata")
+        metadata = _form_value("metadata", raw) if isinstance(raw, str) and raw else None
+        if metadata is not None and not (
+            isinstance(metadata, list) and all(isinstance(m, dict) for m in metadata)
+        ):
+            raise BadInputError("metadata must be a JSON list of objects, one per file")
+        return images, metadata
+    body = AddUrlsBody.model_validate(await read_json(request))
+    return list(body.urls), body.metadata
+
+
+def _require_image(data: bytes, name: str) -> None:
+    from ..imaging import decode_image
+
+    try:
+        decode_image(data)
+    except ImageError as error:
+        raise ImageError(f"{name}: {error}") from None
+
+
+def _form_value(field: str, value: str) -> Any:
+    if field in {"filter", "exclude_ids", "metadata"}:
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise BadInputError(f"form field {field!r} must be JSON") from None
+    return value
+
+
+def _item_body(name: str, item: Item) -> ItemBody:
+    url, thumb = links(name, item)
+    return ItemBody(
+        id=item.id,
+        url=url,
+        thumbnail_url=thumb,
+        width=item.width,
+        height=item.height,
+        metadata=item.metadata,
+    )
+
+
+def _hit_body(name: str, hit: Hit) -> HitBody:
+    url, thumb = links(name, hit)
+    return HitBody(
+        id=hit.id,
+        score=hit.score,
+        url=url,
+        thumbnail_url=thumb,
+        width=hit.width,
+        height=hit.height,
+        metadata=hit.metadata,
+    )
+
+
+def _media_type(path: Any) -> str:
+    try:
+        with Image.open(path) as image:
+            return Image.MIME.get(image.format or "", "application/octet-stream")
+    except Exception:  # unreadable now: let the client sniff
+        return "application/octet-stream"
+
+
+_SEARCH_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/SearchBody"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "k": {"type": "integer", "minimum": 1},
+                    "filter": {"type": "string", "description": "JSON object"},
+                    "exclude_ids": {"type": "string", "description": "JSON list"},
+                    "include_self": {"type": "boolean"},
+                    "dedupe": {"type": "number"},
+                },
+            }
+        },
+    },
+}
+_ADD_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/AddUrlsBody"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "metadata": {"type": "string", "description": "JSON list of objects"},
+                },
+            }
+        },
+    },
+}
+
+
+def _document_search_body(app: FastAPI) -> None:
+    """Add the bodies parsed by hand (JSON or multipart) to the generated spec's schemas."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (SearchBody, AddUrlsBody):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

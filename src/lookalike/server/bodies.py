@@ -1,0 +1,40 @@
+"""Small parsers shared by the API's routes: JSON bodies, base64 images, item links."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from fastapi import Request
+
+from ..errors import BadInputError
+from ..types import Item
+
+
+def decode_base64(text: str) -> bytes:
+    """Bytes of a base64 string or data: URL."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInputError("image must be base64-encoded bytes") from None
+
+
+async def read_json(request: Request) -> Any:
+    """The body parsed as JSON."""
+    # clip-retrieval's client posts JSON without a content type, so the body is parsed as JSON
+    # whatever the header says
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadInputError("the body must be JSON") from None
+
+
+def links(name: str, item: Item) -> tuple[str, str]:
+    """(image URL, thumbnail URL) of a stored image served under collection ``name``."""
+    base = f"/v1/collections/{name}/items/{item.id}"
+    return item.url or f"{base}/image", f"{base}/thumbnail"

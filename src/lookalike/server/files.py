@@ -1,0 +1,45 @@
+"""Serving a collection's images and thumbnails, never from outside its roots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..collection import Collection
+from ..errors import NotFoundError
+from ..fetch import fetch
+from ..imaging import decode_image, make_thumbnail
+
+THUMBNAILS = "thumbnails"
+
+
+def local_image_path(collection: Collection, item_id: int) -> Path:
+    """The file of a stored image, resolved and checked to lie under one of the roots."""
+    item = collection.get(item_id)
+    if item.path is None:
+        raise NotFoundError(f"image {item_id} is remote: {item.url}")
+    real = Path(os.path.realpath(item.path))
+    roots = [Path(os.path.realpath(root)) for root in collection.roots()]
+    if not any(real.is_relative_to(root) for root in roots):
+        raise NotFoundError(f"image {item_id} lies outside the collection's folders")
+    if not real.is_file():
+        raise NotFoundError(f"the file of image {item_id} is gone")
+    return real
+
+
+def thumbnail(collection: Collection, item_id: int, side: int) -> Path:
+    """A JPEG thumbnail of a stored image, made once and cached in the collection."""
+    cached = collection.path / THUMBNAILS / f"{side}" / f"{int(item_id)}.jpg"
+    item = collection.get(item_id)  # raises for unknown or removed ids, cached or not
+    if cached.is_file():
+        return cached
+    if item.url:
+        data = fetch(item.url, collection.fetch_policy)
+    else:
+        data = local_image_path(collection, item_id).read_bytes()
+    image = decode_image(data, limits=collection.limits, min_side=side).image
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_bytes(make_thumbnail(image, side))
+    os.replace(partial, cached)
+    return cached

@@ -1,0 +1,185 @@
+"""Request and response bodies of the HTTP API, typed so the OpenAPI spec is complete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..query import QUERY_KINDS
+
+MetadataValue = str | int | float | bool | None
+
+
+class QueryKinds(BaseModel):
+    """The query kinds a search or a query part may hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=2000)
+    image: str | None = Field(None, description="base64-encoded image bytes")
+    url: str | None = Field(None, max_length=8192)
+    id: int | None = None
+    vector: list[float] | None = Field(None, max_length=65536)
+
+
+class QueryPartBody(QueryKinds):
+    """One weighted part of a mixed query: exactly one of the query kinds."""
+
+    weight: float = Field(1.0, ge=-100, le=100)
+
+
+class SearchBody(QueryKinds):
+    """A search: exactly one of text, image, url, id, vector, or query (weighted parts)."""
+
+    query: list[QueryPartBody] | None = Field(None, min_length=1, max_length=64)
+    k: int = Field(20, ge=1, description="number of results (capped by the server)")
+    filter: dict[str, MetadataValue] | None = Field(
+        None, description="keep rows whose metadata equals each value"
+    )
+    exclude_ids: list[int] = Field(default_factory=list, max_length=100_000)
+    include_self: bool = False
+    dedupe: float | None = Field(
+        None, gt=0, le=1, description="drop near-duplicates at this cosine"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchBody:
+        given = [kind for kind in (*QUERY_KINDS, "query") if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of text, image, url, id, vector or query"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+class HitBody(BaseModel):
+    """One result."""
+
+    id: int
+    score: float
+    url: str | None = Field(None, description="where to get the full image")
+    thumbnail_url: str | None = None
+    width: int
+    height: int
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    """Results, best first."""
+
+    results: list[HitBody]
+    took_ms: float
+    model: str
+
+
+class ItemBody(BaseModel):
+    """A stored image."""
+
+    id: int
+    url: str | None
+    thumbnail_url: str | None
+    width: int
+    height: int
+    metadata: dict[str, Any]
+
+
+class CollectionBody(BaseModel):
+    """A served collection."""
+
+    name: str
+    count: int
+    model: str
+    dim: int
+    index: str
+    supports_text: bool
+
+
+class CollectionsResponse(BaseModel):
+    """Every served collection."""
+
+    collections: list[CollectionBody]
+
+
+class AddUrlsBody(BaseModel):
+    """Images to add by URL, each with optional metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(..., min_length=1, max_length=1000)
+    metadata: list[dict[str, MetadataValue]] | None = None
+
+
+class FailedBody(BaseModel):
+    """An image that was not added, and why."""
+
+    source: str
+    reason: str
+
+
+class AddResponse(BaseModel):
+    """What an add did."""
+
+    added: int
+    unchanged: int
+    duplicates: int
+    items: list[ItemBody]
+    failed: list[FailedBody]
+
+
+class DeleteResponse(BaseModel):
+    """What a delete did."""
+
+    removed: int
+
+
+class ErrorDetail(BaseModel):
+    """Why a request failed."""
+
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer has this shape."""
+
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    """Liveness."""
+
+    status: str
+    collections: int
+
+
+class KnnServiceBody(BaseModel):
+    """clip-retrieval's /knn-service request. Flags lookalike does not implement
+    (use_mclip, use_safety_model, use_violence_detector, aesthetic_*) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str | None = Field(None, max_length=2000)
+    image: str | None = None
+    image_url: str | None = None
+    embedding_input: list[float] | None = None
+    modality: str = "image"
+    num_images: int = Field(40, ge=1)
+    num_result_ids: int | None = Field(None, ge=1)
+    indice_name: str | None = None
+    deduplicate: bool = False
+    use_mclip: bool = False
+    use_safety_model: bool = False
+    use_violence_detector: bool = False
+    aesthetic_score: Any = None
+    aesthetic_weight: Any = None
+
+
+class MetadataBody(BaseModel):
+    """clip-retrieval's /metadata request."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ids: list[int] = Field(..., max_length=10_000)
+    indice_name: str | None = None

@@ -1,0 +1,31 @@
+"""What a server operator can set."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+API_KEYS_ENV = "LOOKALIKE_API_KEYS"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits, keys and exposure of one server."""
+
+    max_k: int = 1000
+    max_body_bytes: int = 32 * 1024 * 1024
+    api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # none: CORS off
+    rate_limit_per_minute: int = 0  # per client address; 0: off
+    allow_private_urls: bool = False
+    thumbnail_side: int = 256
+    default_k: int = 20
+
+    @classmethod
+    def with_env_keys(cls, **options: object) -> ServerSettings:
+        """Settings whose API keys also come from $LOOKALIKE_API_KEYS (comma-separated)."""
+        keys = tuple(options.pop("api_keys", ()) or ())  # type: ignore[arg-type]
+        from_env = tuple(
+            k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()
+        )
+        return cls(api_keys=keys + from_env, **options)  # type: ignore[arg-type]
