@@ -25,15 +25,17 @@ from .fetch import FetchPolicy, fetch, is_url
 from .imaging import ImageLimits, decode_image, to_model_input
 from .index import FlatIndex, VectorIndex
 from .ingest import IngestOptions, Progress, ingest
+from .ivf import IvfIndex, build_ivf, drop_ivf, has_ivf
 from .prepare import content_hash
 from .query import QueryPart, parse_parts
 from .sources import SourceItem, iter_source, source_roots
-from .store import Store, View
+from .store import NewRow, Store, View
 from .types import Hit, IngestReport, Item
 
 FORMAT_VERSION = 1
 MANIFEST = "lookalike.json"
 MAX_K = 10_000
+FLAT_LIMIT = 100_000  # live images above which an IVF index is trained
 UPLOADS = "uploads"
 
 
@@ -80,7 +82,7 @@ class Collection:
         self._device = device
         self._encoder = encoder
         self.store = Store(path, self.dim)
-        self.index: VectorIndex = FlatIndex(self.store.vectors)
+        self.index: VectorIndex = _open_index(self.path, self.store.vectors)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -118,7 +120,6 @@ class Collection:
             "weights": weights_path,
             "dim": encoder.dim,
             "metric": "cosine",
-            "index": FlatIndex.kind,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "created_by": f"lookalike {__version__}",
         }
@@ -193,14 +194,62 @@ class Collection:
         are skipped, so running it again adds only what is new.
         """
         if isinstance(source, (str, os.PathLike)):
-            items: Iterable[SourceItem] = iter_source(source)
-            roots = source_roots(source)
-        else:
-            items, roots = source, []
+            return self._ingest(iter_source(source), source_roots(source), progress, options)
+        return self._ingest(source, [], progress, options)
+
+    def _ingest(
+        self,
+        items: Iterable[SourceItem],
+        roots: Sequence[str],
+        progress: Progress | None,
+        options: dict[str, Any],
+    ) -> IngestReport:
         with self.store.writing():
             if roots:
                 self.store.add_roots(roots)
-            return ingest(self.store, self.encoder, items, self._ingest_options(options), progress)
+            report = ingest(
+                self.store, self.encoder, items, self._ingest_options(options), progress
+            )
+            self._maintain_index()
+        return report
+
+    def rebuild_index(
+        self, kind: str = "auto", *, target_recall: float = 0.95, nlist: int | None = None
+    ) -> str:
+        """(Re)build the vector index from the stored vectors; returns the kind in use.
+
+        ``auto`` picks exact search below ``FLAT_LIMIT`` live images and a trained IVF index
+        above; ``ivf`` retrains even a small collection; ``flat`` drops any trained index.
+        """
+        if kind not in {"auto", "flat", "ivf"}:
+            raise BadInputError("index kind must be auto, flat or ivf")
+        with self.store.writing():
+            view = self.store.view()
+            live = ~view.deleted
+            if kind == "auto":
+                kind = "ivf" if int(live.sum()) >= FLAT_LIMIT else "flat"
+            if kind == "flat":
+                drop_ivf(self.path)
+            else:
+                build_ivf(
+                    self.path,
+                    self.store.vectors,
+                    view.count,
+                    live,
+                    target_recall=target_recall,
+                    nlist=nlist,
+                )
+            self.index = _open_index(self.path, self.store.vectors)
+        return self.index.kind
+
+    def _maintain_index(self) -> None:
+        """Train an index once the collection outgrows exact search; persist a large delta."""
+        if isinstance(self.index, IvfIndex):
+            self.index.catch_up(self.store.count)
+            if self.index.pending > max(50_000, self.index.params.indexed_count // 10):
+                self.index.save()
+        elif self.store.live_count() >= FLAT_LIMIT:
+            self.rebuild_index("ivf")
 
     def add_images(
         self,
@@ -217,13 +266,57 @@ class Collection:
         if metadata is not None and len(metadata) != len(images):
             raise BadInputError(f"{len(images)} images but {len(metadata)} metadata entries")
         items = []
+        roots: set[str] = set()  # folders of the files given, so they can be served
         for image, meta in zip(images, metadata or [None] * len(images), strict=True):
             locator = self._keep_upload(image) if isinstance(image, bytes) else os.fspath(image)
             if not is_url(locator):
                 locator = str(Path(locator).resolve())
+                if not isinstance(image, bytes):
+                    roots.add(str(Path(locator).parent))
             stat = _stat(locator)
             items.append(SourceItem(locator, dict(meta or {}), *stat))
-        return self.add(items, progress=progress, **options)
+        return self._ingest(items, sorted(roots), progress, options)
+
+    def add_vectors(
+        self,
+        vectors: Any,
+        locators: Sequence[str],
+        *,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[int]:
+        """Add embeddings computed elsewhere (by this collection's model), one per locator.
+
+        Vectors are normalised; each locator (path or URL) becomes the row's key, and its
+        content hash is derived from the locator since no image bytes are read.
+        """
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise ModelMismatchError(
+                f"vectors have shape {array.shape}; this collection holds {self.dim}-d vectors"
+            )
+        if len(locators) != len(array) or (metadata is not None and len(metadata) != len(array)):
+            raise BadInputError("give one locator (and metadata entry) per vector")
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise BadInputError("vectors must be finite and non-zero")
+        rows = [
+            NewRow(
+                str(locator),
+                content_hash(f"vector:{locator}".encode()),
+                *(sizes[i] if sizes else (0, 0)),
+                0,
+                vector,
+                metadata=dict((metadata or [None] * len(array))[i] or {}),
+            )
+            for i, (locator, vector) in enumerate(zip(locators, array / norms, strict=True))
+        ]
+        with self.store.writing():
+            ids: list[int] = []
+            for start in range(0, len(rows), 100_000):
+                ids += self.store.add(rows[start : start + 100_000])
+            self._maintain_index()
+        return ids
 
     def remove(self, ids: Iterable[int] = (), paths: Iterable[str | os.PathLike[str]] = ()) -> int:
         """Remove images by id or by path/URL; returns how many were removed."""
@@ -419,6 +512,10 @@ class Collection:
     def roots(self) -> list[str]:
         """Folders the collection's files were indexed from (plus its uploads)."""
         return [*self.store.roots(), str((self.path / UPLOADS).resolve())]
+
+
+def _open_index(path: Path, vectors: Any) -> VectorIndex:
+    return IvfIndex(path, vectors) if has_ivf(path) else FlatIndex(vectors)
 
 
 def _item(row: Any) -> Item:

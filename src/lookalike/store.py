@@ -139,7 +139,11 @@ class VectorShards:
     def _map(self, shard: int, rows: int) -> np.ndarray:
         cached = self._maps.get(shard)
         if cached is None or len(cached) < rows:
-            cached = np.memmap(self._path(shard), dtype=np.float32, mode="r").reshape(-1, self.dim)
+            # whole rows only: a crashed writer may have left a partial row past the count
+            whole = self._path(shard).stat().st_size // (self.dim * 4)
+            cached = np.memmap(
+                self._path(shard), dtype=np.float32, mode="r", shape=(whole, self.dim)
+            )
             self._maps[shard] = cached
         return cached[:rows]
 
@@ -178,7 +182,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
         self._lock_file: Any = None
-        self._writer = threading.Lock()  # the flock is per process; this orders its threads
+        self._writer = threading.RLock()
+        self._depth = 0  # the flock is per process; the RLock orders its threads
         self._seen_version: tuple[int, int] | None = None
         self._view = View(0, np.zeros(0, dtype=bool))
         self.refresh()
@@ -269,6 +274,9 @@ class Store:
         )
         if not self._writer.acquire(timeout=timeout):
             raise busy
+        self._depth += 1
+        if self._depth > 1:  # nested: this thread holds the lock already
+            return
         handle = open(self.directory / "write.lock", "a+")  # noqa: SIM115 - held until unlock()
         deadline = time.monotonic() + timeout
         while True:
@@ -278,6 +286,7 @@ class Store:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     handle.close()
+                    self._depth -= 1
                     self._writer.release()
                     raise busy from None
                 time.sleep(0.05)
@@ -286,12 +295,15 @@ class Store:
         self.vectors.truncate(self.count)
 
     def unlock(self) -> None:
-        """Release the writer lock."""
-        if self._lock_file is not None:
+        """Release the writer lock (the file lock goes with the outermost release)."""
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
-            self._writer.release()
+        self._writer.release()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -382,6 +394,10 @@ class Store:
         """Ids of live rows whose metadata has each key equal to the given value."""
         clauses, params = [], []
         for name, value in equals.items():
+            if value is not None and not isinstance(value, (str, int, float)):
+                raise BadInputError(
+                    f"filter value for {name!r} must be a string, number, boolean or null"
+                )
             clauses.append("json_extract(metadata, ?) IS ?")
             params.append(_json_path(name))
             params.append(value if not isinstance(value, bool) else int(value))
