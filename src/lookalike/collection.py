@@ -83,6 +83,7 @@ class Collection:
         self._encoder = encoder
         self.store = Store(path, self.dim)
         self.index: VectorIndex = _open_index(self.path, self.store.vectors)
+        self.auto_index = True  # train/persist the index as the collection grows
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -244,6 +245,8 @@ class Collection:
 
     def _maintain_index(self) -> None:
         """Train an index once the collection outgrows exact search; persist a large delta."""
+        if not self.auto_index:
+            return
         if isinstance(self.index, IvfIndex):
             self.index.catch_up(self.store.count)
             if self.index.pending > max(50_000, self.index.params.indexed_count // 10):
@@ -300,16 +303,20 @@ class Collection:
         norms = np.linalg.norm(array, axis=1, keepdims=True)
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
             raise BadInputError("vectors must be finite and non-zero")
+        metas = metadata or [None] * len(array)
+        shapes = sizes or [(0, 0)] * len(array)
         rows = [
             NewRow(
                 str(locator),
                 content_hash(f"vector:{locator}".encode()),
-                *(sizes[i] if sizes else (0, 0)),
+                *shape,
                 0,
                 vector,
-                metadata=dict((metadata or [None] * len(array))[i] or {}),
+                metadata=dict(meta or {}),
             )
-            for i, (locator, vector) in enumerate(zip(locators, array / norms, strict=True))
+            for locator, vector, meta, shape in zip(
+                locators, array / norms, metas, shapes, strict=True
+            )
         ]
         with self.store.writing():
             ids: list[int] = []

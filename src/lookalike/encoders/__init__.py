@@ -6,7 +6,8 @@ Spec strings:
 - ``open_clip:ViT-B-32`` with ``weights=FILE``: the same architecture from a local checkpoint;
   the architecture may also be the path of an open_clip model-config JSON file;
 - ``torchvision:resnet50`` (or ``mobilenet_v2``, any torchvision classifier), image-only, from
-  a local ``weights`` file (torchvision state_dict layout) or torchvision's default weights.
+  a local ``weights`` file (torchvision state_dict layout) or torchvision's default weights;
+- ``vectors:512``: no model, for embeddings computed elsewhere (``Collection.add_vectors``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, UnsupportedQueryError
 
 DEFAULT_MODEL = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 
@@ -55,6 +56,8 @@ def load_encoder(
         from .openclip import OpenClipEncoder
 
         return OpenClipEncoder(name, weights=weights, device=device)
+    if family == "vectors":
+        return VectorsOnly(name)
     if family == "torchvision":
         from .backbone import TorchvisionEncoder
 
@@ -62,3 +65,27 @@ def load_encoder(
     raise BadInputError(
         f"unknown model family {family!r} in {spec!r}; use 'open_clip:...' or 'torchvision:...'"
     )
+
+
+class VectorsOnly:
+    """The "encoder" of a collection of imported embeddings (``vectors:512``): it embeds nothing,
+    so such a collection is searched by id or by raw vector."""
+
+    supports_text = False
+    image_size = 0
+
+    def __init__(self, dim: str) -> None:
+        if not dim.isdigit() or not 0 < int(dim) <= 65536:
+            raise BadInputError(f"'vectors:{dim}' needs a dimension, e.g. vectors:512")
+        self.spec = f"vectors:{int(dim)}"
+        self.dim = int(dim)
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        """Refused: no model."""
+        raise UnsupportedQueryError(
+            f"a {self.spec} collection has no model: add vectors, search by id or vector"
+        )
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Refused: no model."""
+        return self.encode_images(np.zeros(0))
