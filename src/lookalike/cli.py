@@ -213,6 +213,38 @@ def remove(
 
 
 @app.command()
+def verify(
+    collection: CollectionArg,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="Fix what can be fixed (interrupted writes, a stale index); rows are kept."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that rows, vectors, index and files of a collection agree."""
+    from dataclasses import asdict
+
+    with _open(collection) as col:
+        report = col.verify(repair=repair)
+    if as_json:
+        out.print_json(data={**asdict(report), "ok": report.ok})
+    else:
+        out.print(f"{report.rows} rows, {report.vectors} vectors", highlight=False)
+        for problem in report.problems:
+            state = (
+                "repaired"
+                if problem.repaired
+                else ("repairable with --repair" if problem.repairable else "needs attention")
+            )
+            out.print(f"- {problem.what} [{state}]", highlight=False, markup=False)
+        out.print("ok" if report.ok else "problems found", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def serve(
     collections: Annotated[
         list[str],

@@ -42,7 +42,10 @@ def _image_bytes(image: Any) -> bytes:
     if isinstance(image, bytes):
         return image
     if isinstance(image, (str, os.PathLike)):
-        return Path(image).read_bytes()
+        try:
+            return Path(image).read_bytes()
+        except OSError as error:
+            raise BadInputError(f"cannot read {os.fspath(image)}: {error.strerror}") from None
     if hasattr(image, "save"):  # a PIL image
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")

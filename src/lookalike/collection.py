@@ -31,6 +31,7 @@ from .query import QueryPart, parse_parts
 from .sources import SourceItem, iter_source, source_roots
 from .store import NewRow, Store, View
 from .types import Hit, IngestReport, Item
+from .verify import VerifyReport, verify
 
 FORMAT_VERSION = 1
 MANIFEST = "lookalike.json"
@@ -71,6 +72,8 @@ class Collection:
         fetch_policy: FetchPolicy | None = None,
         limits: ImageLimits | None = None,
         encoder: Encoder | None = None,
+        runtime: str = "auto",
+        threads: int | None = None,
     ) -> None:
         self.path = path.resolve()
         self.manifest = manifest
@@ -80,6 +83,8 @@ class Collection:
         self.fetch_policy = fetch_policy or FetchPolicy()
         self.limits = limits or ImageLimits()
         self._device = device
+        self._runtime = runtime  # encoder engine: see lookalike.encoders.runtime
+        self._threads = threads
         self._encoder = encoder
         self.store = Store(path, self.dim)
         self.index: VectorIndex = _open_index(self.path, self.store.vectors)
@@ -101,6 +106,8 @@ class Collection:
         """Make a new collection at ``path`` whose images are embedded by ``model``.
 
         With ``exist_ok``, an existing collection made with the same model is opened instead.
+        ``runtime`` ("auto", "torch", "onnx", "onnx-int8") and ``threads`` choose how the model
+        runs in this process (see :mod:`lookalike.encoders.runtime`); ``open`` takes them too.
         """
         root = Path(path)
         if (root / MANIFEST).exists():
@@ -113,7 +120,9 @@ class Collection:
         if root.exists() and any(root.iterdir()):
             raise CollectionError(f"{root} exists and is not empty; choose a new directory")
         weights_path = str(Path(weights).resolve()) if weights else None
-        encoder = load_encoder(model, weights_path, device)
+        encoder = load_encoder(
+            model, weights_path, device, options.get("runtime", "auto"), options.get("threads")
+        )
         root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": FORMAT_VERSION,
@@ -172,7 +181,9 @@ class Collection:
     def encoder(self) -> Encoder:
         """The collection's model, loaded on first use."""
         if self._encoder is None:
-            self._encoder = load_encoder(self.model, self.weights, self._device)
+            self._encoder = load_encoder(
+                self.model, self.weights, self._device, self._runtime, self._threads
+            )
             if self._encoder.dim != self.dim:
                 raise ModelMismatchError(
                     f"{self.model} now gives {self._encoder.dim}-d vectors but the collection "
@@ -511,6 +522,11 @@ class Collection:
             size,
             FORMAT_VERSION,
         )
+
+    def verify(self, *, repair: bool = False) -> VerifyReport:
+        """Check rows, vectors, index and files agree; with ``repair``, fix what can be fixed
+        (truncate an interrupted write, rebuild the index) without losing rows."""
+        return verify(self, repair=repair)
 
     def items(self) -> Iterable[Item]:
         """Every stored image in id order."""

@@ -43,6 +43,12 @@ _TRANSPOSE = {
 
 _WHITE = (255, 255, 255)
 
+# Images above this many pixels change mode a strip at a time (and are shrunk for min_side),
+# so a small file declaring a large image costs about its decoded size, not several copies.
+_STRIP_PIXELS = 1 << 22
+
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
 
 @dataclass(frozen=True)
 class ImageLimits:
@@ -60,7 +66,8 @@ DEFAULT_LIMITS = ImageLimits()
 class DecodedImage:
     """An RGB image, fully loaded, with its size as displayed (after EXIF orientation).
 
-    ``width`` and ``height`` are the original sizes, even when a JPEG draft made ``image`` smaller.
+    ``width`` and ``height`` are the original sizes, even when a JPEG draft (or, for a large
+    image, ``min_side``) made ``image`` smaller.
     """
 
     image: Image.Image
@@ -97,7 +104,9 @@ def decode_image(
 
     Only the first frame of an animated image is used. EXIF orientation is applied and
     transparency is composited onto white. With ``min_side``, JPEGs are downscaled while
-    decoding (by 1/2, 1/4 or 1/8) as far as possible while both sides stay >= ``min_side``.
+    decoding (by 1/2, 1/4 or 1/8) as far as possible while both sides stay >= ``min_side``,
+    and other images of over 4 megapixels are shrunk by a whole factor while both sides stay
+    >= 3 * ``min_side``.
 
     Raises ImageError for anything that is not a decodable image within ``limits``.
     """
@@ -110,7 +119,7 @@ def decode_image(
     except Image.DecompressionBombError:
         raise ImageError(_pillow_bomb_message(limits)) from None
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised format)") from None
+        raise ImageError(_unidentified(raw)) from None
     except Exception as exc:
         raise ImageError(f"corrupt image header: {_reason(exc)}") from None
 
@@ -136,8 +145,11 @@ def decode_image(
         _check_size(*img.size, limits)  # e.g. an ICO whose embedded PNG is bigger than declared
 
     orientation = _orientation(img)
+    factor = 1
+    if min_side is not None and img.width * img.height > _STRIP_PIXELS:
+        factor = max(1, min(img.size) // (3 * min_side))  # stays well above min_side
     try:
-        rgb = _to_rgb(img)
+        rgb = _to_rgb(img, factor)
     except Exception as exc:
         raise ImageError(f"unsupported {fmt} image (mode {img.mode}): {_reason(exc)}") from None
 
@@ -255,19 +267,75 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, factor: int = 1) -> Image.Image:
+    """``img`` in RGB, shrunk ``factor`` times; a large image is converted a strip at a time."""
     mode = img.mode
     if mode == "RGB":
-        return img
+        return _shrink(img, factor)
     if mode.startswith(("I", "F")):
-        gray = _scale_to_uint8(np.asarray(img), mode)
-        return Image.fromarray(gray, "L").convert("RGB")
+        gray = Image.fromarray(_scale_to_uint8(np.asarray(img), mode), "L")
+        return _shrink(gray, factor).convert("RGB")
+    width, height = img.size
+    if width * height <= _STRIP_PIXELS:
+        return _shrink(_strip_to_rgb(img), factor)
+    rows = max(factor, _STRIP_PIXELS // width // factor * factor)
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = _strip_to_rgb(img.crop((0, top, width, min(height, top + rows))))
+        out.paste(_shrink(strip, factor), (0, top // factor))
+    return out
+
+
+def _strip_to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
     if img.has_transparency_data:
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, _WHITE)
         background.paste(rgba, mask=rgba)
         return background
     return img.convert("RGB")
+
+
+def _shrink(img: Image.Image, factor: int) -> Image.Image:
+    return img.reduce(factor) if factor > 1 else img
+
+
+def _unidentified(raw: bytes) -> str:
+    """Why Pillow could not open ``raw``: a damaged file of a known kind, or not an image."""
+    head = raw[:32]
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "unsupported image format: HEIC/HEIF"
+    start = raw[:1024].lstrip().lower()
+    if start.startswith((b"<?xml", b"<svg", b"<!doctype svg")) and b"<svg" in start:
+        return "unsupported image format: SVG (a vector image)"
+    claimed = _claimed_format(head) if sniff_image(head) else None
+    if claimed is None:
+        return "not an image (unrecognised format)"
+    if claimed not in _formats():
+        return f"unsupported image format: {claimed} (this Pillow cannot read it)"
+    return f"corrupt or truncated {claimed} header"
+
+
+def _claimed_format(head: bytes) -> str:
+    """The Pillow format ``head`` claims; call only when sniff_image(head) holds."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG"):
+        return "PNG"
+    if head.startswith(b"GIF8"):
+        return "GIF"
+    if head.startswith((b"II", b"MM")):
+        return "TIFF"
+    if head.startswith(b"RIFF"):
+        return "WEBP"
+    if head[4:8] == b"ftyp":
+        return "AVIF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head.startswith(b"\x00\x00\x01\x00"):
+        return "ICO"
+    return "PPM"
 
 
 def _scale_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:

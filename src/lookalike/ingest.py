@@ -67,28 +67,27 @@ def ingest(
     batch_hashes: set[str] = set()
 
     def flush() -> None:
-        if not batch:
-            return
-        vectors = encoder.encode_images(np.stack([p.pixels for p in batch]))
-        store.add(
-            [
-                NewRow(
-                    p.item.locator,
-                    p.content_hash,
-                    p.width,
-                    p.height,
-                    p.bytes,
-                    vector,
-                    p.item.mtime,
-                    p.item.metadata,
-                )
-                for p, vector in zip(batch, vectors, strict=True)
-            ]
-        )
-        if replaced:
+        if batch:
+            vectors = encoder.encode_images(np.stack([p.pixels for p in batch]))
+            store.add(
+                [
+                    NewRow(
+                        p.item.locator,
+                        p.content_hash,
+                        p.width,
+                        p.height,
+                        p.bytes,
+                        vector,
+                        p.item.mtime,
+                        p.item.metadata,
+                    )
+                    for p, vector in zip(batch, vectors, strict=True)
+                ]
+            )
+            report.added += len(batch)
+        if replaced:  # also when the batch is empty: a changed file may add no new row
             store.mark_deleted(replaced)
-        report.added += len(batch)
-        report.replaced += len(replaced)
+            report.replaced += len(replaced)
         batch.clear()
         replaced.clear()
         batch_hashes.clear()
@@ -108,6 +107,8 @@ def ingest(
                 report.unchanged += 1
             elif result.content_hash in batch_hashes or store.live_by_hash(result.content_hash):
                 report.duplicates += 1
+                if known is not None:  # the path now holds a copy of another stored image
+                    replaced.append(known.id)
             else:
                 if known is not None:
                     replaced.append(known.id)

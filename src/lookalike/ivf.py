@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import BadInputError
 from .index import FlatIndex, _pad, _top_k
 from .store import VectorShards
 
@@ -29,6 +30,7 @@ PARAMS_FILE = "ivf.json"  # names the current index file, so a crashed save leav
 EMPTY_FILE = "ivf-trained.faiss"  # quantizer and codebooks, no vectors: seeds the delta
 EXACT_BELOW = 20_000  # allowed rows under which a filtered search is done exactly
 TUNE_QUERIES = 200
+MIN_TRAIN = 256  # fewer vectors than this cannot train 4-bit PQ codebooks well
 TUNE_K = 20
 
 
@@ -168,6 +170,11 @@ def build_ivf(
     rng = np.random.default_rng(seed)
     live_ids = np.flatnonzero(live[:count])
     nlist = nlist or choose_nlist(len(live_ids))
+    if len(live_ids) < max(MIN_TRAIN, nlist):
+        raise BadInputError(
+            f"{len(live_ids)} images are too few to train an IVF index with "
+            f"{nlist} lists; exact search serves small collections"
+        )
     factory = factory_for(vectors.dim, nlist)
     index = faiss.index_factory(vectors.dim, factory, faiss.METRIC_INNER_PRODUCT)
     sample_size = min(len(live_ids), max(32 * nlist, 20_000), 300_000)

@@ -6,6 +6,8 @@ Runs in ingest worker processes, so it imports no torch and holds no state.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +47,11 @@ def read_bytes(locator: str, limits: ImageLimits, policy: FetchPolicy) -> bytes:
     """The bytes behind a path or URL, within the byte limits."""
     if is_url(locator):
         return fetch(locator, policy)
-    with open(locator, "rb") as handle:
+    # non-blocking, so that opening a FIFO does not wait for a writer: it is refused below
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(locator, flags), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise LookalikeError("not a regular file")
         data = handle.read(limits.max_bytes + 1)
     if len(data) > limits.max_bytes:
         raise LookalikeError(f"file larger than the limit of {limits.max_bytes} bytes")

@@ -136,6 +136,13 @@ class VectorShards:
             self._maps.pop(shard, None)
             position += take
 
+    def stored_count(self) -> int:
+        """Vectors present in the shard files, committed or not."""
+        total = 0
+        for path in self.directory.glob("*.f32"):
+            total += path.stat().st_size // (self.dim * 4)
+        return total
+
     def _map(self, shard: int, rows: int) -> np.ndarray:
         cached = self._maps.get(shard)
         if cached is None or len(cached) < rows:
@@ -404,6 +411,19 @@ class Store:
         where = " AND ".join(["deleted = 0", *clauses])
         ids = [r[0] for r in self._select(f"SELECT id FROM items WHERE {where}", params)]
         return np.asarray(ids, dtype=np.int64)
+
+    def integrity_check(self) -> str:
+        """SQLite's own consistency check: "ok" or what is wrong."""
+        return "; ".join(str(r[0]) for r in self._select("PRAGMA integrity_check"))
+
+    def id_range(self) -> tuple[int, int, int]:
+        """(row count, lowest id, highest id), deleted rows included."""
+        rows, lowest, highest = self._select("SELECT COUNT(*), MIN(id), MAX(id) FROM items")[0]
+        return (
+            int(rows),
+            int(lowest if lowest is not None else -1),
+            int(highest if highest is not None else -1),
+        )
 
     def roots(self) -> list[str]:
         """Folders registered as sources of the collection's files."""

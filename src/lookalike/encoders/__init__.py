@@ -8,6 +8,8 @@ Spec strings:
 - ``torchvision:resnet50`` (or ``mobilenet_v2``, any torchvision classifier), image-only, from
   a local ``weights`` file (torchvision state_dict layout) or torchvision's default weights;
 - ``vectors:512``: no model, for embeddings computed elsewhere (``Collection.add_vectors``).
+
+open_clip models run on torch or, exported once to ONNX, on ONNX Runtime (``runtime``).
 """
 
 from __future__ import annotations
@@ -41,9 +43,20 @@ class Encoder(Protocol):
 
 
 def load_encoder(
-    spec: str, weights: str | Path | None = None, device: str | None = None
+    spec: str,
+    weights: str | Path | None = None,
+    device: str | None = None,
+    runtime: str = "auto",
+    threads: int | None = None,
 ) -> Encoder:
-    """Build the encoder a spec string names, loading its weights."""
+    """Build the encoder a spec string names, loading its weights.
+
+    ``runtime`` picks the engine of open_clip models ("auto", "torch", "onnx", "onnx-int8":
+    see :mod:`lookalike.encoders.runtime`); ``threads`` caps its CPU threads.
+    """
+    from .runtime import load_open_clip, resolve_runtime, set_torch_threads
+
+    resolve_runtime(runtime, "cpu")  # refuse an unknown name whatever the family
     family, _, name = spec.partition(":")
     if not name:
         raise BadInputError(
@@ -53,14 +66,15 @@ def load_encoder(
     if weights is not None and not Path(weights).is_file():
         raise BadInputError(f"weights file {weights} does not exist")
     if family == "open_clip":
-        from .openclip import OpenClipEncoder
-
-        return OpenClipEncoder(name, weights=weights, device=device)
+        return load_open_clip(name, weights, device, runtime, threads)  # type: ignore[return-value]
     if family == "vectors":
         return VectorsOnly(name)
     if family == "torchvision":
         from .backbone import TorchvisionEncoder
 
+        if runtime not in ("auto", "torch"):
+            raise BadInputError(f"torchvision backbones run on torch only, not {runtime!r}")
+        set_torch_threads(threads)
         return TorchvisionEncoder(name, weights=weights, device=device)
     raise BadInputError(
         f"unknown model family {family!r} in {spec!r}; use 'open_clip:...' or 'torchvision:...'"

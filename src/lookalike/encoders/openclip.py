@@ -10,6 +10,8 @@ import torch
 
 from ..errors import BadInputError
 from ._torch import Normalizer, pick_device, unit_rows
+from .textcache import TextCache
+from .towers import TextTower
 
 MAX_TEXT_CHARS = 2000
 
@@ -24,16 +26,7 @@ class OpenClipEncoder:
     ) -> None:
         import open_clip
 
-        whole = name.endswith(".json") or name.startswith("hf-hub:")
-        arch, _, pretrained = (name, "", "") if whole else name.partition("/")
-        if arch.endswith(".json"):
-            config = Path(arch)
-            if not config.is_file():
-                raise BadInputError(f"model config {arch} does not exist")
-            open_clip.add_model_config(config)
-            arch = config.stem
-        elif arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
-            raise BadInputError(f"unknown open_clip architecture {arch!r}")
+        arch, pretrained = resolve_arch(name)
         if weights is not None and pretrained:
             raise BadInputError("give either a pretrained tag or a weights file, not both")
         self.spec = f"open_clip:{name}"
@@ -53,9 +46,12 @@ class OpenClipEncoder:
             root_logger.setLevel(level)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(arch)
+        self.text_tower = TextTower(self.model)
+        self.text_cache = TextCache()
         cfg = self.model.visual.preprocess_cfg
         size = cfg["size"]
         self.image_size = int(size if isinstance(size, int) else size[0])
+        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
         self._normalize = Normalizer(cfg["mean"], cfg["std"], self.device)
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
@@ -66,16 +62,45 @@ class OpenClipEncoder:
         """See :class:`lookalike.encoders.Encoder`."""
         return unit_rows(self.model.encode_image(self._normalize(batch)))
 
-    @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """See :class:`lookalike.encoders.Encoder`."""
-        for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise BadInputError("a text query must be a non-empty string")
-            if len(text) > MAX_TEXT_CHARS:
-                raise BadInputError(f"a text query is limited to {MAX_TEXT_CHARS} characters")
-        tokens = self.tokenizer(texts).to(self.device)
-        return unit_rows(self.model.encode_text(tokens))
+        """See :class:`lookalike.encoders.Encoder`; repeated texts come from a small cache."""
+        check_texts(texts)
+        return self.text_cache.encode(texts, self._encode_texts)
+
+    @torch.inference_mode()
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        # run only up to the batch's longest real length, not the padded context length
+        tokens = self.text_tower.trim(self.tokenizer(texts)).to(self.device)
+        return unit_rows(self.text_tower(tokens))
+
+
+def resolve_arch(name: str) -> tuple[str, str]:
+    """(open_clip architecture name, pretrained tag or "") of a spec's name part.
+
+    A config-file path is registered with open_clip under its file stem.
+    """
+    import open_clip
+
+    whole = name.endswith(".json") or name.startswith("hf-hub:")
+    arch, _, pretrained = (name, "", "") if whole else name.partition("/")
+    if arch.endswith(".json"):
+        config = Path(arch)
+        if not config.is_file():
+            raise BadInputError(f"model config {arch} does not exist")
+        open_clip.add_model_config(config)
+        arch = config.stem
+    elif arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
+        raise BadInputError(f"unknown open_clip architecture {arch!r}")
+    return arch, pretrained
+
+
+def check_texts(texts: list[str]) -> None:
+    """Refuse empty, non-string and overlong texts."""
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise BadInputError("a text query must be a non-empty string")
+        if len(text) > MAX_TEXT_CHARS:
+            raise BadInputError(f"a text query is limited to {MAX_TEXT_CHARS} characters")
 
 
 def _first_line(error: BaseException) -> str:

@@ -88,14 +88,14 @@ def create_app(
     app.include_router(_api(served, metrics))
     app.include_router(compat.router(served))
     app.mount("/static", StaticFiles(directory=str(WEB)), name="static")
-    if settings.cors_origins:
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
+    if settings.cors_origins:  # outside the guard: preflights carry no key, errors need headers
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "x-api-key", "content-type"],
         )
-    app.add_middleware(Guard, settings=settings, metrics=metrics)
     _document_search_body(app)
     return app
 
@@ -227,7 +227,7 @@ def _run_search(collection: Collection, served: Served, body: SearchBody) -> lis
     return collection.search(
         parts,
         **single,
-        k=served.k(body.k),
+        k=served.k(body.k if body.k is not None else served.settings.default_k),
         filter=body.filter,
         exclude_ids=body.exclude_ids,
         include_self=body.include_self,

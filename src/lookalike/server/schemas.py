@@ -28,12 +28,24 @@ class QueryPartBody(QueryKinds):
 
     weight: float = Field(1.0, ge=-100, le=100)
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> QueryPartBody:
+        given = [kind for kind in QUERY_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "each query part needs exactly one of text, image, url, id or vector"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
 
 class SearchBody(QueryKinds):
     """A search: exactly one of text, image, url, id, vector, or query (weighted parts)."""
 
     query: list[QueryPartBody] | None = Field(None, min_length=1, max_length=64)
-    k: int = Field(20, ge=1, description="number of results (capped by the server)")
+    k: int | None = Field(
+        None, ge=1, description="number of results (default: the server's, 20; capped by it)"
+    )
     filter: dict[str, MetadataValue] | None = Field(
         None, description="keep rows whose metadata equals each value"
     )

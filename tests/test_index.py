@@ -1,0 +1,139 @@
+"""Index kinds: exact and trained IVF, filtered search, adds after training, rebuild, reopen."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike import Collection, ModelMismatchError, UnsupportedQueryError
+
+DIM = 64
+N = 6000
+
+
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((60, DIM)).astype(np.float32)
+    points = centers[rng.integers(0, 60, n)] + 0.4 * rng.standard_normal((n, DIM))
+    return points.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return clustered(N)
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory: pytest.TempPathFactory, vectors: np.ndarray) -> Path:
+    path = tmp_path_factory.mktemp("trained") / "col"
+    with Collection.create(path, f"vectors:{DIM}") as collection:
+        collection.add_vectors(
+            vectors,
+            [f"v{i}" for i in range(N)],
+            metadata=[{"group": i % 50, "even": i % 2 == 0} for i in range(N)],
+        )
+        assert collection.rebuild_index("ivf", nlist=32) == "ivf"
+    return path
+
+
+@pytest.fixture
+def trained(trained_once: Path, tmp_path: Path) -> Collection:
+    """A private copy of one trained collection."""
+    shutil.copytree(trained_once, tmp_path / "col")
+    return Collection.open(tmp_path / "col")
+
+
+def exact_ids(vectors: np.ndarray, query: np.ndarray, k: int, allowed=None) -> list[int]:
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = unit @ (query / np.linalg.norm(query))
+    if allowed is not None:
+        scores[~allowed] = -np.inf
+    return [int(i) for i in np.argsort(-scores)[:k] if np.isfinite(scores[i])]
+
+
+def test_small_collections_search_exactly(tmp_path: Path, vectors: np.ndarray) -> None:
+    collection = Collection.create(tmp_path / "col", f"vectors:{DIM}")
+    collection.add_vectors(vectors[:500], [f"v{i}" for i in range(500)])
+    assert collection.stats().index == "flat"
+    hits = collection.search(vector=vectors[7], k=10)
+    assert [h.id for h in hits] == exact_ids(vectors[:500], vectors[7], 10)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ivf_recall_is_tuned_and_stored(trained: Collection, vectors: np.ndarray) -> None:
+    params = trained.index.params  # type: ignore[attr-defined]
+    assert params.recall_at_20 >= 0.9
+    assert params.indexed_count == N
+    queries = clustered(40, seed=9)
+    found = [set(h.id for h in trained.search(vector=q, k=20)) for q in queries]
+    truth = [set(exact_ids(vectors, q, 20)) for q in queries]
+    recall = np.mean([len(f & t) / 20 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.9
+    assert trained.search(vector=vectors[123], k=1)[0].id == 123
+
+
+def test_filters_run_inside_the_search(trained: Collection, vectors: np.ndarray) -> None:
+    # 120 rows match: a post-filter over the top candidates would come back short
+    hits = trained.search(vector=vectors[0], k=50, filter={"group": 7})
+    assert len(hits) == 50
+    assert all(h.metadata["group"] == 7 for h in hits)
+    allowed = np.array([i % 50 == 7 for i in range(N)])
+    assert [h.id for h in hits] == exact_ids(vectors, vectors[0], 50, allowed)
+    # a broad filter goes through the IVF selector and still fills k
+    broad = trained.search(vector=vectors[0], k=200, filter={"even": True})
+    assert len(broad) == 200 and all(h.id % 2 == 0 for h in broad)
+    assert trained.search(vector=vectors[0], k=5, filter={"group": 999}) == []
+
+
+def test_adds_after_training_are_found_without_rebuild(trained: Collection) -> None:
+    fresh = clustered(30, seed=5)
+    ids = trained.add_vectors(fresh, [f"new{i}" for i in range(30)])
+    assert trained.stats().index == "ivf"
+    for i in (0, 17, 29):
+        assert trained.search(vector=fresh[i], k=1)[0].id == ids[i]
+    assert trained.index.pending == 30  # type: ignore[attr-defined]
+
+
+def test_removed_rows_never_return(trained: Collection, vectors: np.ndarray) -> None:
+    first = trained.search(vector=vectors[42], k=5)
+    assert first[0].id == 42
+    trained.remove(ids=[42, first[1].id])
+    again = trained.search(vector=vectors[42], k=5)
+    assert {42, first[1].id}.isdisjoint(h.id for h in again)
+
+
+def test_reopen_loads_the_saved_index(trained: Collection, vectors: np.ndarray) -> None:
+    before = [(h.id, round(h.score, 5)) for h in trained.search(vector=vectors[3], k=10)]
+    trained.close()
+    reopened = Collection.open(trained.path)
+    assert reopened.stats().index == "ivf"
+    assert [(h.id, round(h.score, 5)) for h in reopened.search(vector=vectors[3], k=10)] == before
+
+
+def test_delta_is_persisted_and_rebuild_retrains(trained: Collection) -> None:
+    fresh = clustered(50, seed=6)
+    ids = trained.add_vectors(fresh, [f"d{i}" for i in range(50)])
+    trained.index.save()  # type: ignore[attr-defined]
+    assert trained.index.params.indexed_count == N + 50  # type: ignore[attr-defined]
+    trained.close()
+    reopened = Collection.open(trained.path)
+    assert reopened.index.pending == 0  # type: ignore[attr-defined]
+    assert reopened.search(vector=fresh[10], k=1)[0].id == ids[10]
+    assert reopened.rebuild_index("ivf", nlist=64) == "ivf"
+    assert reopened.index.params.nlist == 64  # type: ignore[attr-defined]
+    assert reopened.rebuild_index("flat") == "flat"
+    assert reopened.search(vector=fresh[10], k=1)[0].id == ids[10]
+
+
+def test_vectors_only_collections_refuse_models_and_bad_vectors(tmp_path: Path) -> None:
+    collection = Collection.create(tmp_path / "col", f"vectors:{DIM}")
+    with pytest.raises(ModelMismatchError):
+        collection.add_vectors(np.ones((2, DIM + 1)), ["a", "b"])
+    collection.add_vectors(np.ones((1, DIM)), ["a"])
+    with pytest.raises(UnsupportedQueryError, match="no model"):
+        collection.search(text="a cat")
+    with pytest.raises(ModelMismatchError):
+        collection.search(vector=[1.0] * (DIM - 1))
