@@ -38,15 +38,15 @@ def _open(path: Path, allow_private: bool = False) -> Any:
 
 @app.command()
 def index(
-    sources: Annotated[
-        list[str],
-        typer.Argument(
-            help="Folders, list files (.txt), CSV/Parquet manifests, image files or URLs."
-        ),
-    ],
     collection: Annotated[
         Path, typer.Option("--collection", "-c", help="Collection directory (made on first use).")
     ],
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Folders, list files (.txt), CSV/Parquet manifests, image files or URLs."
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -59,9 +59,18 @@ def index(
     strict: Annotated[bool, typer.Option(help="Stop at the first bad image.")] = False,
     allow_private_urls: AllowPrivate = False,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="Retrain the vector index afterwards (kind chosen from the collection's size)."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Add the images of SOURCES to a collection; images already there are skipped."""
+    sources = sources or []
+    if not sources and not rebuild:
+        raise BadInputError("give SOURCES to index, or --rebuild")
     from .collection import MANIFEST, Collection
     from .encoders import DEFAULT_MODEL
     from .fetch import FetchPolicy
@@ -86,6 +95,7 @@ def index(
                 )
             )
             progress.done_before += reports[-1].seen
+        kind = col.rebuild_index() if rebuild else col.stats().index
     summary = {
         key: sum(getattr(r, key) for r in reports)
         for key in ("added", "unchanged", "duplicates", "replaced")
@@ -98,6 +108,7 @@ def index(
                 **summary,
                 "failed": [{"source": s, "reason": r} for s, r in failed],
                 "seconds": round(seconds, 3),
+                "index": kind,
             }
         )
         return
@@ -107,7 +118,7 @@ def index(
     out.print(
         f"added {summary['added']}, unchanged {summary['unchanged']}, "
         f"duplicates {summary['duplicates']}, replaced {summary['replaced']}, "
-        f"failed {len(failed)} in {seconds:.1f} s ({rate:.1f} images/s)"
+        f"failed {len(failed)} in {seconds:.1f} s ({rate:.1f} images/s); index: {kind}"
     )
 
 

@@ -234,8 +234,8 @@ def _tune(
     selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(bitmap))
     best = (1, 1, 0.0)
     nlist = index.nlist  # type: ignore[attr-defined]
-    for nprobe in [n for n in (4, 8, 16, 32, 64, 128, 256) if n <= nlist] or [nlist]:
-        for rerank in (2, 4, 8):
+    for nprobe in [n for n in (4, 8, 16, 32, 64, 128, 256, 512) if n <= nlist] or [nlist]:
+        for rerank in (2, 4, 8, 16):
             options = _search_options(nlist, nprobe, selector)
             _, ids = index.search(queries, TUNE_K * rerank, params=options)  # type: ignore[attr-defined]
             _, found = _rerank(vectors, queries, ids, TUNE_K, count)
