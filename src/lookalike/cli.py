@@ -27,13 +27,24 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON out
 AllowPrivate = Annotated[
     bool, typer.Option("--allow-private-urls", help="Let URLs reach loopback and private networks.")
 ]
+RuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        help="Model engine: auto (ONNX Runtime on CPU, torch on GPU), torch, onnx, onnx-int8."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="CPU threads of the model [default: physical cores].")
+]
 
 
-def _open(path: Path, allow_private: bool = False) -> Any:
+def _open(path: Path, allow_private: bool = False, runtime: str = "auto") -> Any:
     from .collection import Collection
     from .fetch import FetchPolicy
 
-    return Collection.open(path, fetch_policy=FetchPolicy(allow_private=allow_private))
+    return Collection.open(
+        path, fetch_policy=FetchPolicy(allow_private=allow_private), runtime=runtime
+    )
 
 
 @app.command()
@@ -59,6 +70,8 @@ def index(
     strict: Annotated[bool, typer.Option(help="Stop at the first bad image.")] = False,
     allow_private_urls: AllowPrivate = False,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    runtime: RuntimeOpt = "auto",
+    threads: ThreadsOpt = None,
     rebuild: Annotated[
         bool,
         typer.Option(
@@ -78,12 +91,20 @@ def index(
 
     policy = FetchPolicy(allow_private=allow_private_urls)
     if (collection / MANIFEST).exists():
-        col = Collection.open(collection, device=device, fetch_policy=policy)
+        col = Collection.open(
+            collection, device=device, fetch_policy=policy, runtime=runtime, threads=threads
+        )
         if model and model != col.model:
             raise BadInputError(f"{collection} uses {col.model}; it cannot take --model {model}")
     else:
         col = Collection.create(
-            collection, model or DEFAULT_MODEL, weights=weights, device=device, fetch_policy=policy
+            collection,
+            model or DEFAULT_MODEL,
+            weights=weights,
+            device=device,
+            fetch_policy=policy,
+            runtime=runtime,
+            threads=threads,
         )
     total = sum(1 for source in sources for _ in iter_source(source))
     with col, _progress(total, quiet=as_json) as progress:
@@ -157,6 +178,7 @@ def search(
     api_key: Annotated[
         str | None, typer.Option(envvar="LOOKALIKE_API_KEY", help="API key for --server.")
     ] = None,
+    runtime: RuntimeOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Print the images most similar to the query: rank, score, id, path."""
@@ -184,7 +206,7 @@ def search(
         with Client(server, api_key) as remote:
             hits = remote.search(str(collection), **query, **options)
     else:
-        with _open(collection, allow_private_urls) as col:
+        with _open(collection, allow_private_urls, runtime) as col:
             hits = col.search(**query, id=id or None, **options)
     if as_json:
         out.print_json(data=[h.to_dict() for h in hits])
@@ -288,6 +310,8 @@ def serve(
     ] = 0,
     allow_private_urls: AllowPrivate = False,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    runtime: RuntimeOpt = "auto",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
     import uvicorn
@@ -304,14 +328,15 @@ def serve(
         name = name if sep else path.resolve().name
         if name in opened:
             raise BadInputError(f"two collections are named {name!r}; use NAME=DIR")
-        opened[name] = Collection.open(path, device=device, fetch_policy=policy)
+        opened[name] = Collection.open(
+            path, device=device, fetch_policy=policy, runtime=runtime, threads=threads
+        )
     settings = ServerSettings.with_env_keys(
         api_keys=tuple(api_key or ()),
         cors_origins=tuple(cors_origin or ()),
         max_k=max_k,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         rate_limit_per_minute=rate_limit,
-        allow_private_urls=allow_private_urls,
     )
     err.print(f"serving {', '.join(opened)} on http://{host}:{port}", highlight=False)
     uvicorn.run(

@@ -370,7 +370,7 @@ class Collection:
         self.store.refresh()
         if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
             raise BadInputError("an id must be an integer")
-        row = self.store.rows([id]).get(int(id))
+        row = self.store.rows([id]).get(int(id)) if 0 <= id < self.store.count else None
         if row is None or row.deleted:
             raise NotFoundError(f"no image with id {id}")
         return _item(row)
@@ -565,7 +565,8 @@ def _stat(locator: str) -> tuple[int | None, float | None]:
 
 def _unit_vector(value: Any, dim: int) -> np.ndarray:
     try:
-        vector = np.asarray(value, dtype=np.float32)
+        with np.errstate(over="ignore"):  # huge numbers become inf, refused below
+            vector = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
         raise BadInputError("a vector query must be a list of numbers") from None
     if vector.ndim != 1 or len(vector) != dim:

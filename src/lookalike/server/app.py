@@ -7,9 +7,10 @@ import json
 import time
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi import Path as FastAPIPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
@@ -35,12 +36,15 @@ from .schemas import (
     HealthResponse,
     HitBody,
     ItemBody,
+    KnnServiceBody,
+    MetadataBody,
     SearchBody,
     SearchResponse,
 )
 from .settings import ServerSettings
 
 WEB = resources.files("lookalike") / "web"
+ItemId = Annotated[int, FastAPIPath(ge=0, le=2**63 - 1, description="an image id")]
 SEARCH_FORM_FIELDS = ("k", "filter", "exclude_ids", "include_self", "dedupe")
 
 
@@ -96,7 +100,7 @@ def create_app(
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "x-api-key", "content-type"],
         )
-    _document_search_body(app)
+    _document_bodies(app, list(served.collections))
     return app
 
 
@@ -154,7 +158,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         )
 
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
-    def get_item(name: str, item_id: int) -> ItemBody:
+    def get_item(name: str, item_id: ItemId) -> ItemBody:
         """One stored image's size, metadata and links."""
         return _item_body(name, served[name].get(item_id))
 
@@ -163,7 +167,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         response_class=FileResponse,
         responses={200: {"content": {"image/*": {}}}, 307: {"description": "remote image"}},
     )
-    def get_image(name: str, item_id: int) -> Any:
+    def get_image(name: str, item_id: ItemId) -> Any:
         """The full image: the file itself, or a redirect to its URL."""
         collection = served[name]
         item = collection.get(item_id)
@@ -177,7 +181,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         response_class=FileResponse,
         responses={200: {"content": {"image/jpeg": {}}}},
     )
-    def get_thumbnail(name: str, item_id: int) -> FileResponse:
+    def get_thumbnail(name: str, item_id: ItemId) -> FileResponse:
         """A JPEG thumbnail, made on first request and cached."""
         path = thumbnail(served[name], item_id, served.settings.thumbnail_side)
         return FileResponse(
@@ -206,7 +210,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         )
 
     @api.delete("/v1/collections/{name}/items/{item_id}", response_model=DeleteResponse)
-    def delete_item(name: str, item_id: int) -> DeleteResponse:
+    def delete_item(name: str, item_id: ItemId) -> DeleteResponse:
         """Remove an image; it never comes back in results."""
         collection = served[name]
         collection.get(item_id)
@@ -371,18 +375,24 @@ _ADD_REQUEST_BODY = {
 }
 
 
-def _document_search_body(app: FastAPI) -> None:
-    """Add the bodies parsed by hand (JSON or multipart) to the generated spec's schemas."""
+def _document_bodies(app: FastAPI, names: list[str]) -> None:
+    """Complete the generated spec: the bodies parsed by hand (JSON or multipart) join its
+    schemas, and collection names are listed where a path takes one."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = generate()
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (SearchBody, AddUrlsBody):
+            for model in (SearchBody, AddUrlsBody, KnnServiceBody, MetadataBody):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        if parameter.get("name") == "name" and parameter.get("in") == "path":
+                            parameter["schema"] = {"type": "string", "enum": names}
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 DEDUPE_COSINE = 0.94  # clip-retrieval's own threshold
 
 
+def json_body(schema: str) -> dict[str, Any]:
+    """OpenAPI request body: JSON of a schema the app adds to its components."""
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
 def router(served: Served) -> APIRouter:
     """Routes answering clip-retrieval's requests from ``served`` collections."""
     api = APIRouter(tags=["clip-retrieval compatibility"])
@@ -35,7 +43,11 @@ def router(served: Served) -> APIRouter:
         """Names of the served collections."""
         return list(served.collections)
 
-    @api.post("/knn-service", response_model=list[dict[str, Any]])
+    @api.post(
+        "/knn-service",
+        response_model=list[dict[str, Any]],
+        openapi_extra={"requestBody": json_body("KnnServiceBody")},
+    )
     async def knn_service(request: Request) -> list[dict[str, Any]]:
         """Nearest images to a text, base64 image, image URL or embedding."""
         body = KnnServiceBody.model_validate(await read_json(request))
@@ -59,7 +71,11 @@ def router(served: Served) -> APIRouter:
         )
         return [_knn_result(name, hit) for hit in hits]
 
-    @api.post("/metadata", response_model=list[dict[str, Any]])
+    @api.post(
+        "/metadata",
+        response_model=list[dict[str, Any]],
+        openapi_extra={"requestBody": json_body("MetadataBody")},
+    )
     async def metadata(request: Request) -> list[dict[str, Any]]:
         """Metadata of ids, in clip-retrieval's shape: [{"id", "metadata"}]."""
         body = MetadataBody.model_validate(await read_json(request))

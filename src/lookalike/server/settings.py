@@ -17,7 +17,6 @@ class ServerSettings:
     api_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()  # none: CORS off
     rate_limit_per_minute: int = 0  # per client address; 0: off
-    allow_private_urls: bool = False
     thumbnail_side: int = 256
     default_k: int = 20
 
