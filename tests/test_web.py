@@ -6,9 +6,6 @@ import csv
 import io
 import json
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,31 +30,12 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from conftest import serve_app  # noqa: E402
 from lookalike import Collection  # noqa: E402
 from lookalike.server.app import create_app  # noqa: E402
 from lookalike.server.settings import ServerSettings  # noqa: E402
 
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download anything
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(app: object) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +69,15 @@ def photos(
 
 @pytest.fixture(scope="module")
 def base_url(photos: tuple[Collection, dict[int, Path]]) -> Iterator[str]:
-    yield from _serve(create_app({"photos": photos[0]}))
+    with serve_app(create_app({"photos": photos[0]})) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def keyed_url(photos: tuple[Collection, dict[int, Path]]) -> Iterator[str]:
     settings = ServerSettings(api_keys=("sesame",))
-    yield from _serve(create_app({"photos": photos[0]}, settings, load_models=False))
+    with serve_app(create_app({"photos": photos[0]}, settings, load_models=False)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

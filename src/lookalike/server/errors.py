@@ -27,6 +27,7 @@ ERROR_RESPONSES = {
         (400, "bad query or body"),
         (401, "missing or wrong API key"),
         (404, "unknown collection or id"),
+        (408, "request body arrived too slowly"),
         (413, "body too large"),
         (415, "not an image"),
         (422, "body does not match the schema"),

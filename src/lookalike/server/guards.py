@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -24,6 +25,10 @@ PUBLIC_PATHS = ("/health", "/static/", "/favicon.ico")
 
 class BodyTooLarge(Exception):
     """Raised inside receive() once a body passes the limit."""
+
+
+class BodyTimeout(Exception):
+    """Raised inside receive() when a body chunk takes longer than the timeout to arrive."""
 
 
 class Guard:
@@ -85,11 +90,19 @@ class Guard:
         received = 0
         started = False
 
+        body_done = False
+
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.settings.body_timeout_s)
+            except asyncio.TimeoutError:
+                raise BodyTimeout from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     raise BodyTooLarge
             return message
@@ -104,6 +117,9 @@ class Guard:
         except BodyTooLarge:
             if not started:
                 await _reply(send, 413, "body_too_large", f"request body exceeds {limit} bytes")
+        except BodyTimeout:
+            if not started:
+                await _reply(send, 408, "body_timeout", "the request body arrived too slowly")
 
     def _key_ok(self, headers: dict[str, bytes]) -> bool:
         given = headers.get("x-api-key", b"")

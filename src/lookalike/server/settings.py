@@ -17,6 +17,7 @@ class ServerSettings:
     api_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()  # none: CORS off
     rate_limit_per_minute: int = 0  # per client address; 0: off
+    body_timeout_s: float = 30.0  # longest wait for the next chunk of a request body
     thumbnail_side: int = 256
     default_k: int = 20
 
