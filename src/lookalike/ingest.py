@@ -67,27 +67,26 @@ def ingest(
     batch_hashes: set[str] = set()
 
     def flush() -> None:
-        if batch:
-            vectors = encoder.encode_images(np.stack([p.pixels for p in batch]))
-            store.add(
-                [
-                    NewRow(
-                        p.item.locator,
-                        p.content_hash,
-                        p.width,
-                        p.height,
-                        p.bytes,
-                        vector,
-                        p.item.mtime,
-                        p.item.metadata,
-                    )
-                    for p, vector in zip(batch, vectors, strict=True)
-                ]
-            )
-            report.added += len(batch)
-        if replaced:  # also when the batch is empty: a changed file may add no new row
-            store.mark_deleted(replaced)
-            report.replaced += len(replaced)
+        vectors = encoder.encode_images(np.stack([p.pixels for p in batch])) if batch else []
+        # one transaction: a crash never leaves a changed file's old and new rows both live
+        store.add(
+            [
+                NewRow(
+                    p.item.locator,
+                    p.content_hash,
+                    p.width,
+                    p.height,
+                    p.bytes,
+                    vector,
+                    p.item.mtime,
+                    p.item.metadata,
+                )
+                for p, vector in zip(batch, vectors, strict=True)
+            ],
+            replaces=replaced,
+        )
+        report.added += len(batch)
+        report.replaced += len(replaced)
         batch.clear()
         replaced.clear()
         batch_hashes.clear()

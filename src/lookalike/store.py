@@ -314,9 +314,12 @@ class Store:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def add(self, rows: Sequence[NewRow]) -> list[int]:
-        """Append rows and their vectors atomically; return their ids."""
+    def add(self, rows: Sequence[NewRow], replaces: Sequence[int] = ()) -> list[int]:
+        """Append rows and their vectors, and delete the rows they replace, atomically;
+        return the new ids."""
         if not rows:
+            if replaces:
+                self.mark_deleted(replaces)
             return []
         self._require_lock()
         vectors = np.stack([r.vector for r in rows]).astype(np.float32, copy=False)
@@ -345,6 +348,9 @@ class Store:
             )
             self._db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'vector_count'", (str(start + len(rows)),)
+            )
+            self._db.executemany(
+                "UPDATE items SET deleted = 1 WHERE id = ?", [(int(i),) for i in replaces]
             )
         self.refresh()
         return list(range(start, start + len(rows)))
