@@ -328,7 +328,7 @@ def test_unreadable_paths(tmp_path) -> None:
 
 def test_defaults() -> None:
     assert ImageLimits().max_bytes == DEFAULT_LIMITS.max_bytes == 64 * 1024 * 1024
-    assert DEFAULT_LIMITS.max_pixels == 178_956_970
+    assert DEFAULT_LIMITS.max_pixels == 100_000_000
     assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tiff"} <= IMAGE_EXTENSIONS
     assert all(ext.startswith(".") and ext == ext.lower() for ext in IMAGE_EXTENSIONS)
 

@@ -352,7 +352,8 @@ class Collection:
         return IngestOptions(limits=self.limits, fetch_policy=self.fetch_policy, **options)
 
     def _keep_upload(self, data: bytes) -> str:
-        decode_image(data, limits=self.limits)  # refuse non-images before keeping them
+        # refuse non-images before keeping them; min_side lets big images decode downscaled
+        decode_image(data, limits=self.limits, min_side=self.encoder.image_size or None)
         digest = content_hash(data)
         folder = self.path / UPLOADS / digest[:2]
         folder.mkdir(parents=True, exist_ok=True)

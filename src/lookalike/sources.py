@@ -155,6 +155,8 @@ def _file_item(path: Path, metadata: dict[str, Any] | None = None) -> SourceItem
 
 def _looks_like_image(path: Path) -> bool:
     try:
+        if not path.is_file():  # a FIFO or device would block or never end
+            return False
         with open(path, "rb") as handle:
             return sniff_image(handle.read(16))
     except OSError:

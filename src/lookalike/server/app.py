@@ -45,6 +45,7 @@ from .settings import ServerSettings
 
 WEB = resources.files("lookalike") / "web"
 ItemId = Annotated[int, FastAPIPath(ge=0, le=2**63 - 1, description="an image id")]
+THUMBNAIL_PROBE = 256
 SEARCH_FORM_FIELDS = ("k", "filter", "exclude_ids", "include_self", "dedupe")
 
 
@@ -290,7 +291,7 @@ def _require_image(data: bytes, name: str) -> None:
     from ..imaging import decode_image
 
     try:
-        decode_image(data)
+        decode_image(data, min_side=THUMBNAIL_PROBE)  # JPEGs decode downscaled: cheap
     except ImageError as error:
         raise ImageError(f"{name}: {error}") from None
 
