@@ -110,6 +110,8 @@ class Collection:
         runs in this process (see :mod:`lookalike.encoders.runtime`); ``open`` takes them too.
         """
         root = Path(path)
+        if model.startswith("open_clip:") and model.endswith(".json"):  # a config file, by path
+            model = f"open_clip:{Path(model.partition(':')[2]).resolve()}"
         if (root / MANIFEST).exists():
             if not exist_ok:
                 raise CollectionError(f"{root} already holds a collection")
