@@ -14,10 +14,13 @@ DIM = 64
 N = 6000
 
 
+CENTERS = np.random.default_rng(0).standard_normal((60, DIM)).astype(np.float32)
+
+
 def clustered(n: int, seed: int = 0) -> np.ndarray:
+    """Draws from one fixed mixture of Gaussians; another seed gives other (held-out) draws."""
     rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((60, DIM)).astype(np.float32)
-    points = centers[rng.integers(0, 60, n)] + 0.4 * rng.standard_normal((n, DIM))
+    points = CENTERS[rng.integers(0, 60, n)] + 0.4 * rng.standard_normal((n, DIM))
     return points.astype(np.float32)
 
 

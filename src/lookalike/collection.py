@@ -218,12 +218,13 @@ class Collection:
         progress: Progress | None,
         options: dict[str, Any],
     ) -> IngestReport:
-        with self.store.writing():
-            if roots:
+        encoder = self.encoder  # loads the model before any lock is taken
+        if roots:
+            with self.store.writing():
                 self.store.add_roots(roots)
-            report = ingest(
-                self.store, self.encoder, items, self._ingest_options(options), progress
-            )
+        # ingest takes the writer lock per batch, so other writers (a server) interleave
+        report = ingest(self.store, encoder, items, self._ingest_options(options), progress)
+        with self.store.writing():
             self._maintain_index()
         return report
 
@@ -448,7 +449,7 @@ class Collection:
             found = self._dedupe(found, dedupe, view.count)
         found = found[:k]
         rows = self.store.rows([i for i, _ in found])
-        return [Hit(**_item(rows[i]).to_dict(), score=score) for i, score in found]
+        return [_hit(rows[i], score) for i, score in found]
 
     def _combine(self, parts: list[QueryPart], model: str | None) -> np.ndarray:
         if model is not None and model != self.model:
@@ -479,8 +480,14 @@ class Collection:
 
     def _allowed(
         self, view: View, filter: Mapping[str, Any] | None, excluded: Iterable[Any]
-    ) -> np.ndarray:
-        """Mask over ids of the rows a search may return."""
+    ) -> np.ndarray | None:
+        """Mask over ids of the rows a search may return; None when every row may."""
+        try:
+            dropped = [int(i) for i in excluded]
+        except (TypeError, ValueError):
+            raise BadInputError("exclude_ids must be integer ids") from None
+        if not filter and not dropped and not view.deleted.any():
+            return None
         allowed = ~view.deleted
         if filter:
             if not isinstance(filter, Mapping):
@@ -489,10 +496,6 @@ class Collection:
             matching = np.zeros_like(allowed)
             matching[ids[ids < view.count]] = True
             allowed &= matching
-        try:
-            dropped = [int(i) for i in excluded]
-        except (TypeError, ValueError):
-            raise BadInputError("exclude_ids must be integer ids") from None
         allowed[[i for i in dropped if 0 <= i < view.count]] = False
         return allowed
 
@@ -542,6 +545,19 @@ class Collection:
 
 def _open_index(path: Path, vectors: Any) -> VectorIndex:
     return IvfIndex(path, vectors) if has_ivf(path) else FlatIndex(vectors)
+
+
+def _hit(row: Any, score: float) -> Hit:
+    remote = is_url(row.key)
+    return Hit(
+        id=row.id,
+        path=None if remote else row.key,
+        url=row.key if remote else None,
+        width=row.width,
+        height=row.height,
+        metadata=row.metadata,
+        score=score,
+    )
 
 
 def _item(row: Any) -> Item:

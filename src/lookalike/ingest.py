@@ -59,7 +59,7 @@ def ingest(
     options: IngestOptions = IngestOptions(),
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Add every new image of ``items`` to ``store``; the caller holds the writer lock."""
+    """Add every new image of ``items`` to ``store``, committing batch by batch."""
     report = IngestReport()
     started = time.monotonic()
     batch: list[PreparedImage] = []
@@ -69,22 +69,21 @@ def ingest(
     def flush() -> None:
         vectors = encoder.encode_images(np.stack([p.pixels for p in batch])) if batch else []
         # one transaction: a crash never leaves a changed file's old and new rows both live
-        store.add(
-            [
-                NewRow(
-                    p.item.locator,
-                    p.content_hash,
-                    p.width,
-                    p.height,
-                    p.bytes,
-                    vector,
-                    p.item.mtime,
-                    p.item.metadata,
-                )
-                for p, vector in zip(batch, vectors, strict=True)
-            ],
-            replaces=replaced,
-        )
+        rows = [
+            NewRow(
+                p.item.locator,
+                p.content_hash,
+                p.width,
+                p.height,
+                p.bytes,
+                vector,
+                p.item.mtime,
+                p.item.metadata,
+            )
+            for p, vector in zip(batch, vectors, strict=True)
+        ]
+        with store.writing():  # held per batch, so other writers interleave with an ingest
+            store.add(rows, replaces=replaced)
         report.added += len(batch)
         report.replaced += len(replaced)
         batch.clear()

@@ -162,10 +162,13 @@ class VectorShards:
 
     def get(self, ids: Sequence[int], count: int) -> np.ndarray:
         """Vectors of the given ids (each < count), in order."""
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        for i, row_id in enumerate(ids):
-            shard, offset = divmod(int(row_id), SHARD_ROWS)
-            out[i] = self._map(shard, min(SHARD_ROWS, count - shard * SHARD_ROWS))[offset]
+        wanted = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(wanted), self.dim), dtype=np.float32)
+        shards = wanted // SHARD_ROWS
+        for shard in np.unique(shards):
+            where = np.flatnonzero(shards == shard)
+            block = self._map(int(shard), min(SHARD_ROWS, count - int(shard) * SHARD_ROWS))
+            out[where] = block[wanted[where] - int(shard) * SHARD_ROWS]
         return out
 
 

@@ -59,7 +59,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(LookalikeError)
     async def _library(_: Request, error: LookalikeError) -> JSONResponse:
-        return error_response(status_of(error), error.code, str(error))
+        response = error_response(status_of(error), error.code, str(error))
+        if response.status_code == 503:  # the collection is busy (a long write): come back
+            response.headers["retry-after"] = "5"
+        return response
 
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(ValidationError)
