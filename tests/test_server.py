@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import encode
-from lookalike import Collection
+from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.fetch import FetchPolicy
 from lookalike.server import ServerSettings, create_app
@@ -1045,3 +1045,25 @@ def test_errors_keep_the_server_serving(api: TestClient, shared: Shared) -> None
         statuses = sorted(f.result().status_code for f in [pool.submit(call) for call in bad * 3])
     assert statuses == sorted([400, 400, 415, 404] * 3)
     assert search(api, id=shared.ids[0], include_self=True, k=1)[0]["id"] == shared.ids[0]
+
+
+def test_serve_config_rebuilds_the_same_app_in_a_worker(shared: Shared) -> None:
+    from lookalike.server.launch import CONFIG_ENV, ServeConfig, app_from_env
+
+    settings = ServerSettings(api_keys=("k",), max_k=7, cors_origins=("http://a.test",))
+    config = ServeConfig.from_entries(
+        [f"photos={shared.root / 'col'}"], settings, allow_private_urls=True
+    )
+    again = ServeConfig.from_json(config.to_json())
+    assert again == config
+    with pytest.raises(BadInputError, match="two collections"):
+        ServeConfig.from_entries([str(shared.root / "col"), f"col={shared.root / 'col'}"], settings)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONFIG_ENV, config.to_json())
+        with TestClient(app_from_env()) as worker:
+            headers = {"x-api-key": "k"}
+            answer = worker.post(
+                "/v1/collections/photos/search", json={"id": shared.ids[0]}, headers=headers
+            )
+            assert answer.status_code == 200 and len(answer.json()["results"]) == 7
+            assert worker.get("/v1/collections", headers={}).status_code == 401

@@ -312,25 +312,21 @@ def serve(
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
     runtime: RuntimeOpt = "auto",
     threads: ThreadsOpt = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes (each loads the model; rate limits count per process)."
+        ),
+    ] = 1,
 ) -> None:
     """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
+    import os
+
     import uvicorn
 
-    from .collection import Collection
-    from .fetch import FetchPolicy
-    from .server import ServerSettings, create_app
+    from .server import ServerSettings
+    from .server.launch import CONFIG_ENV, ServeConfig
 
-    policy = FetchPolicy(allow_private=allow_private_urls)
-    opened = {}
-    for entry in collections:
-        name, sep, folder = entry.partition("=")
-        path = Path(folder if sep else entry)
-        name = name if sep else path.resolve().name
-        if name in opened:
-            raise BadInputError(f"two collections are named {name!r}; use NAME=DIR")
-        opened[name] = Collection.open(
-            path, device=device, fetch_policy=policy, runtime=runtime, threads=threads
-        )
     settings = ServerSettings.with_env_keys(
         api_keys=tuple(api_key or ()),
         cors_origins=tuple(cors_origin or ()),
@@ -338,14 +334,36 @@ def serve(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         rate_limit_per_minute=rate_limit,
     )
-    err.print(f"serving {', '.join(opened)} on http://{host}:{port}", highlight=False)
-    uvicorn.run(
-        create_app(opened, settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_keep_alive=5,
+    config = ServeConfig.from_entries(
+        collections,
+        settings,
+        device=device,
+        runtime=runtime,
+        threads=threads,
+        allow_private_urls=allow_private_urls,
     )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "timeout_keep_alive": 5,
+    }
+    err.print(
+        f"serving {', '.join(config.collections)} on http://{host}:{port}"
+        f"{f' with {workers} worker processes' if workers > 1 else ''}",
+        highlight=False,
+    )
+    if workers > 1:
+        # each worker process opens the collections itself; indexes and vectors are
+        # memory-mapped, so the page cache holds them once for all
+        for path in config.collections.values():
+            _open(Path(path)).close()  # fail here, clearly, rather than in every worker
+        os.environ[CONFIG_ENV] = config.to_json()
+        uvicorn.run(
+            "lookalike.server.launch:app_from_env", factory=True, workers=workers, **options
+        )
+    else:
+        uvicorn.run(config.build_app(), **options)
 
 
 @app.command()

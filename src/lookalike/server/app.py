@@ -232,7 +232,9 @@ def _run_search(collection: Collection, served: Served, body: SearchBody) -> lis
     return collection.search(
         parts,
         **single,
-        k=served.k(body.k if body.k is not None else served.settings.default_k),
+        k=served.k(body.k)
+        if body.k is not None
+        else min(served.settings.default_k, served.settings.max_k),
         filter=body.filter,
         exclude_ids=body.exclude_ids,
         include_self=body.include_self,

@@ -1,0 +1,76 @@
+"""Starting a server: what to serve, as data that worker processes can rebuild the app from."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from ..errors import BadInputError
+from .settings import ServerSettings
+
+CONFIG_ENV = "LOOKALIKE_SERVE_CONFIG"
+
+
+@dataclass
+class ServeConfig:
+    """Collections by name, how to open them, and the server's settings."""
+
+    collections: dict[str, str]
+    settings: ServerSettings
+    open_options: dict[str, Any] = field(default_factory=dict)  # device, runtime, threads
+    allow_private_urls: bool = False
+
+    @classmethod
+    def from_entries(
+        cls, entries: list[str], settings: ServerSettings, **options: Any
+    ) -> ServeConfig:
+        """From CLI arguments: each a directory (named after it) or NAME=DIR."""
+        collections: dict[str, str] = {}
+        for entry in entries:
+            name, sep, folder = entry.partition("=")
+            path = Path(folder if sep else entry).resolve()
+            name = name if sep else path.name
+            if name in collections:
+                raise BadInputError(f"two collections are named {name!r}; use NAME=DIR")
+            collections[name] = str(path)
+        private = bool(options.pop("allow_private_urls", False))
+        return cls(collections, settings, options, private)
+
+    def to_json(self) -> str:
+        """The config as JSON, for worker processes."""
+        return json.dumps({**asdict(self), "settings": asdict(self.settings)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        """Inverse of :meth:`to_json`."""
+        data = json.loads(text)
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in data["settings"].items()}
+        return cls(
+            data["collections"],
+            ServerSettings(**settings),
+            data["open_options"],
+            data["allow_private_urls"],
+        )
+
+    def build_app(self) -> FastAPI:
+        """Open the collections (loading their models) and make the app."""
+        from ..collection import Collection
+        from ..fetch import FetchPolicy
+        from .app import create_app
+
+        policy = FetchPolicy(allow_private=self.allow_private_urls)
+        opened = {
+            name: Collection.open(path, fetch_policy=policy, **self.open_options)
+            for name, path in self.collections.items()
+        }
+        return create_app(opened, self.settings)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: the app described by $LOOKALIKE_SERVE_CONFIG."""
+    return ServeConfig.from_json(os.environ[CONFIG_ENV]).build_app()
