@@ -330,11 +330,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(path: Path, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
+def start_server(
+    path: Path, port: int, log: Path, env: dict[str, str], workers: int = 1
+) -> subprocess.Popen:
     """``lookalike serve`` in its own process; returns once /health answers (or raises)."""
     command = [sys.executable, "-m", "lookalike", "serve", f"{NAME}={path}"]
     process = subprocess.Popen(
-        [*command, "--host", HOST, "--port", str(port)],
+        [*command, "--host", HOST, "--port", str(port), "--workers", str(workers)],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         cwd=log.parent,
@@ -547,6 +549,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep a collection made in workdir")
     parser.add_argument("--driver", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument("--profile", action="store_true", help="py-spy the server under load")
+    parser.add_argument("--server-workers", type=int, default=1, help="lookalike serve --workers")
     parser.add_argument(
         "--server-env", action="append", default=[], help="KEY=VALUE for the server process"
     )
@@ -581,7 +584,7 @@ def main() -> None:
     port = free_port()
     url = f"http://{HOST}:{port}/v1/collections/{NAME}/search"
     env = dict(item.split("=", 1) for item in args.server_env)
-    process = start_server(path, port, workdir / "server.log", env)
+    process = start_server(path, port, workdir / "server.log", env, args.server_workers)
     try:
         rss_start = rss_mb(process.pid), rss_mb(process.pid, "RssAnon")
 
