@@ -1067,3 +1067,13 @@ def test_serve_config_rebuilds_the_same_app_in_a_worker(shared: Shared) -> None:
             )
             assert answer.status_code == 200 and len(answer.json()["results"]) == 7
             assert worker.get("/v1/collections", headers={}).status_code == 401
+
+
+def test_adding_by_url_refuses_server_paths(api: TestClient, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(encode(draw_image(99)))
+    for entry in (str(secret), f"file://{secret}", "../photos/pic00.png", "a\x00b"):
+        answer = api.post("/v1/collections/photos/items", json={"urls": [entry]})
+        assert answer.status_code == 400, (entry, answer.text)
+        assert answer.json()["error"]["code"] == "bad_input"
+    assert api.get("/health").status_code == 200

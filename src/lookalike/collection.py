@@ -286,6 +286,8 @@ class Collection:
         roots: set[str] = set()  # folders of the files given, so they can be served
         for image, meta in zip(images, metadata or [None] * len(images), strict=True):
             locator = self._keep_upload(image) if isinstance(image, bytes) else os.fspath(image)
+            if "\0" in locator:
+                raise BadInputError(f"{locator!r} is not a usable path or URL (a NUL character)")
             if not is_url(locator):
                 locator = str(Path(locator).resolve())
                 if not isinstance(image, bytes):

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from .. import __version__
 from ..collection import Collection
 from ..errors import BadInputError, ImageError, NotFoundError
+from ..fetch import is_url
 from ..types import Hit, Item
 from . import compat, errors
 from .bodies import decode_base64, links, read_json
@@ -286,6 +287,10 @@ async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] |
             raise BadInputError("metadata must be a JSON list of objects, one per file")
         return images, metadata
     body = AddUrlsBody.model_validate(await read_json(request))
+    # only http(s): a path here would let any client index the server's own files
+    refused = [url for url in body.urls if not is_url(url)]
+    if refused:
+        raise BadInputError(f"urls must be http(s) URLs; refused {refused[0][:200]!r}")
     return list(body.urls), body.metadata
 
 
