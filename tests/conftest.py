@@ -26,6 +26,14 @@ TINY_CLIP = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Model exports (encoders.runtime) go to a temporary cache, not the user's home."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOOKALIKE_CACHE", str(tmp_path_factory.mktemp("lookalike-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """(spec, weights file) of a tiny open_clip model with random weights, saved to disk."""

@@ -73,11 +73,20 @@ class ModelFiles:
 
     def _build(self, folder: Path) -> None:
         started = time.monotonic()
-        log.info("exporting %s to %s once (cached for later runs)", self.name, self.variant)
-        if self.variant == "onnx":
-            meta = _export_fp32(self.name, self.weights, folder)
-        else:
-            meta = _quantize(ModelFiles(self.name, self.weights, "onnx").folder(), folder)
+        log.warning(
+            "exporting %s to %s, once (it may take a minute; later runs reuse it)",
+            self.name,
+            self.variant,
+        )
+        try:
+            if self.variant == "onnx":
+                meta = _export_fp32(self.name, self.weights, folder)
+            else:
+                meta = _quantize(ModelFiles(self.name, self.weights, "onnx").folder(), folder)
+        except LookalikeError:
+            raise
+        except Exception as error:  # exporter, quantizer and ONNX Runtime raise many types
+            raise ExportError(f"cannot export {self.name} to {self.variant}: {error}") from error
         meta.update(
             variant=self.variant,
             lookalike=__version__,
@@ -93,6 +102,8 @@ class OnnxEncoder:
     Each tower's session opens on first use, so a text-only process never loads the image
     graph. ``threads`` is ONNX Runtime's intra-op thread count (default: physical cores).
     """
+
+    supports_text = True
 
     def __init__(
         self,
@@ -115,8 +126,7 @@ class OnnxEncoder:
         self._folder, self._meta = self._open(self._files.folder())
         self.dim = int(self._meta["dim"])
         self.image_size = int(self._meta["image_size"])
-        self.supports_text = bool(self._meta["supports_text"])
-        self.tokenizer = open_clip.get_tokenizer(arch) if self.supports_text else None
+        self.tokenizer = open_clip.get_tokenizer(arch)
         self.text_cache = TextCache()
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
@@ -125,17 +135,12 @@ class OnnxEncoder:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """See :class:`lookalike.encoders.Encoder`; repeated texts come from a small cache."""
-        if not self.supports_text:
-            from ..errors import UnsupportedQueryError
-
-            raise UnsupportedQueryError(f"{self.spec} cannot embed text")
         check_texts(texts)
         return self.text_cache.encode(texts, self._encode_texts)
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         from .towers import trim_tokens
 
-        assert self.tokenizer is not None
         tokens = self.tokenizer(texts)
         trim = self._meta["text_trim"]
         if trim:
@@ -211,7 +216,6 @@ def _export_fp32(name: str, weights: str | Path | None, folder: Path) -> dict[st
         "spec": reference.spec,
         "dim": reference.dim,
         "image_size": reference.image_size,
-        "supports_text": True,
         "text_trim": (
             {"pool_type": text.pool_type, "eos_id": text.eos_id} if text.trimmable else None
         ),

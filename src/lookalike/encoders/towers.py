@@ -3,8 +3,9 @@
 ``TextTower`` runs token ids of any length up to the context length, so a short text costs a
 short sequence: open_clip's text transformer is causal and pools at the end-of-text token, so
 the padding after that token never reaches the pooled feature and can be cut off unchanged.
-``CLIP.encode_text`` itself adds the full 77-position embedding and mask; ``TextTower`` slices
-both to the sequence it gets (as ``TextTransformer._embeds`` does for ``CustomTextCLIP``).
+open_clip's own ``encode_text`` adds the full 77-position mask (``CLIP``, and
+``CustomTextCLIP`` without a padding mask) so it cannot run a shorter sequence; ``TextTower``
+slices the positional embedding and the causal mask to the length it gets.
 """
 
 from __future__ import annotations
@@ -36,39 +37,47 @@ class ImageTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    """Token ids (n, L), any L up to the context length -> unit-length text embeddings."""
+    """Token ids (n, L), any L up to the context length -> unit-length text embeddings.
+
+    Models whose padding can matter (see ``trimmable``) get all positions, through open_clip's
+    own ``encode_text``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.custom = hasattr(model, "text")  # CustomTextCLIP: model.text slices by itself
-        self.trimmable = _trimmable(model)
-        text = model.text if self.custom else model
-        self.pool_type: str = text.pool_type if self.custom else text.text_pool_type
-        self.eos_id: int | None = getattr(text, "eos_id" if self.custom else "text_eos_id", None)
+        # CustomTextCLIP keeps the text tower in model.text under the same attribute names
+        self.text = getattr(model, "text", model)
+        custom = self.text is not model
+        self.pool_type: str | None = getattr(
+            self.text, "pool_type" if custom else "text_pool_type", None
+        )
+        self.eos_id: int | None = getattr(self.text, "eos_id" if custom else "text_eos_id", None)
+        self.trimmable = _trimmable(self.text, self.pool_type)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(n, L) int64 -> (n, dim) float32 unit rows."""
-        m = self.model
-        if self.custom:
-            return _unit(m.text(tokens))
+        if not self.trimmable:
+            return _unit(self.model.encode_text(tokens))
+        t = self.text
         length = tokens.shape[1]
-        cast = m.transformer.get_cast_dtype()
-        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:length].to(cast)
-        mask = m.attn_mask[:length, :length] if m.attn_mask is not None else None
-        x = m.ln_final(m.transformer(x, attn_mask=mask))
+        cast = t.transformer.get_cast_dtype()
+        x = t.token_embedding(tokens).to(cast) + t.positional_embedding[:length].to(cast)
+        x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:length, :length]))
         x = x[
             torch.arange(x.shape[0], device=x.device),
-            _pool_index(tokens, m.text_pool_type, m.text_eos_id),
+            _pool_index(tokens, self.pool_type, self.eos_id),
         ]
-        if m.text_projection is not None:
-            proj = m.text_projection
+        if t.text_projection is not None:
+            proj = t.text_projection
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return _unit(x)
 
     def trim(self, tokens: torch.Tensor) -> torch.Tensor:
         """Drop the padding columns after the last end-of-text token of the batch."""
-        return trim_tokens(tokens, self.pool_type, self.eos_id) if self.trimmable else tokens
+        if not self.trimmable:
+            return tokens
+        return trim_tokens(tokens, self.pool_type, self.eos_id)  # type: ignore[arg-type]
 
 
 def trim_tokens(tokens: torch.Tensor, pool_type: str, eos_id: int | None) -> torch.Tensor:
@@ -77,13 +86,17 @@ def trim_tokens(tokens: torch.Tensor, pool_type: str, eos_id: int | None) -> tor
     return tokens[:, :length]
 
 
-def _trimmable(model: nn.Module) -> bool:
-    """Whether padding after the pooled token cannot change the result (causal, EOT-pooled)."""
-    text = getattr(model, "text", model)
-    if getattr(text, "cls_emb", None) is not None:  # CoCa appends a token after the padding
-        return False
-    pool = getattr(text, "pool_type", None) or getattr(model, "text_pool_type", None)
-    return getattr(text, "attn_mask", None) is not None and pool in ("argmax", "eos")
+def _trimmable(text: nn.Module, pool_type: str | None) -> bool:
+    """Whether padding after the pooled token cannot change the result: a causal mask (so no
+    position sees a later one), pooling at the end-of-text token, no token appended after the
+    padding (CoCa's class token) and no padding mask to rebuild."""
+    return (
+        pool_type in ("argmax", "eos")
+        and getattr(text, "attn_mask", None) is not None
+        and getattr(text, "cls_emb", None) is None
+        and not getattr(text, "use_pad_mask", False)
+        and all(hasattr(text, a) for a in ("token_embedding", "positional_embedding", "ln_final"))
+    )
 
 
 def _pool_index(tokens: torch.Tensor, pool_type: str, eos_id: int | None) -> torch.Tensor:

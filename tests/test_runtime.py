@@ -1,0 +1,167 @@
+"""Encoder runtimes: ONNX exports agree with torch, short texts run short, the cache holds."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import encode
+from lookalike import BadInputError, Collection
+from lookalike.demo import draw_image
+from lookalike.encoders import Encoder, load_encoder
+from lookalike.encoders import onnx as onnx_runtime
+from lookalike.encoders.cache import entry_path
+from lookalike.encoders.runtime import AUTO_CPU, resolve_runtime
+
+pytest.importorskip("onnxruntime")
+
+TEXTS = ["a", "a dog riding a bicycle in the park at night", "police car", "a red circle"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One export cache for the module: each variant of the tiny model is exported once."""
+    folder = tmp_path_factory.mktemp("runtime-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOOKALIKE_CACHE", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def torch_encoder(tiny_clip) -> Encoder:
+    return load_encoder(*tiny_clip, "cpu", runtime="torch")
+
+
+def images(count: int = 6, size: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def least_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+@pytest.mark.parametrize(("runtime", "minimum"), [("onnx", 0.9999), ("onnx-int8", 0.99)])
+def test_export_agrees_with_torch(tiny_clip, cache_dir, torch_encoder, runtime, minimum) -> None:
+    encoder = load_encoder(*tiny_clip, "cpu", runtime=runtime)
+    assert isinstance(encoder, onnx_runtime.OnnxEncoder)
+    assert isinstance(encoder, Encoder)
+    assert (encoder.spec, encoder.dim, encoder.image_size) == (torch_encoder.spec, 32, 32)
+    batch = images()
+    got = encoder.encode_images(batch)
+    assert got.dtype == np.float32 and got.shape == (6, 32)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert least_cosine(got, torch_encoder.encode_images(batch)) >= minimum
+    # any batch size (int8 quantizes activations per batch, so its vectors vary a little)
+    assert least_cosine(encoder.encode_images(batch[:1]), got[:1]) >= minimum
+    texts = encoder.encode_texts(TEXTS)
+    assert texts.dtype == np.float32 and texts.shape == (4, 32)
+    assert least_cosine(texts, torch_encoder.encode_texts(TEXTS)) >= minimum
+
+
+def test_trimmed_texts_equal_padded(tiny_clip, cache_dir, torch_encoder) -> None:
+    tokens = torch_encoder.tokenizer(TEXTS)
+    trimmed = torch_encoder.text_tower.trim(tokens)
+    # the longest text's end-of-text token is the last column kept
+    assert trimmed.shape[1] == int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]
+    with torch.inference_mode():
+        padded = torch.nn.functional.normalize(torch_encoder.model.encode_text(tokens), dim=-1)
+    padded_np = padded.numpy()
+    assert least_cosine(torch_encoder.encode_texts(TEXTS), padded_np) >= 0.99999
+    # one text alone runs at its own length and still equals its padded run
+    alone = torch_encoder.encode_texts(["a"])
+    assert least_cosine(alone, padded_np[:1]) >= 0.99999
+    exported = load_encoder(*tiny_clip, "cpu", runtime="onnx")
+    assert least_cosine(exported.encode_texts(TEXTS), padded_np) >= 0.9999
+
+
+def test_repeated_texts_hit_the_cache(tiny_clip, cache_dir) -> None:
+    encoder = load_encoder(*tiny_clip, "cpu", runtime="onnx")
+    first = encoder.encode_texts(["a cat", "a dog"])
+    misses = encoder.text_cache.misses
+    again = encoder.encode_texts(["a dog", "a cat", "a dog"])
+    assert encoder.text_cache.misses == misses
+    np.testing.assert_array_equal(again, first[[1, 0, 1]])
+    again[0] = 0  # callers get their own copy
+    np.testing.assert_array_equal(encoder.encode_texts(["a dog"])[0], first[1])
+
+
+def test_export_is_cached_and_rebuilt_when_corrupt(tiny_clip, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
+    exports = []
+    real_export = onnx_runtime._export_fp32
+    monkeypatch.setattr(
+        onnx_runtime, "_export_fp32", lambda *a: exports.append(a) or real_export(*a)
+    )
+    first = load_encoder(*tiny_clip, "cpu", runtime="onnx")
+    folder = entry_path(first._files.key)
+    assert folder.parent.parent == tmp_path and len(exports) == 1
+    expected = first.encode_texts(TEXTS)
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+    second = load_encoder(*tiny_clip, "cpu", runtime="onnx")
+    assert len(exports) == 1  # no new export
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    np.testing.assert_allclose(second.encode_texts(TEXTS), expected, atol=1e-6)
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary leftovers
+
+    # same size, garbage content: found when the session opens, rebuilt then
+    text_file = folder / "text.onnx"
+    text_file.write_bytes(os.urandom(text_file.stat().st_size))
+    third = load_encoder(*tiny_clip, "cpu", runtime="onnx")
+    np.testing.assert_allclose(third.encode_texts(TEXTS), expected, atol=1e-6)
+    assert len(exports) == 2
+
+    # truncated: found on load
+    (folder / "image.onnx").write_bytes(b"\0" * 10)
+    fourth = load_encoder(*tiny_clip, "cpu", runtime="onnx")
+    assert len(exports) == 3
+    np.testing.assert_allclose(
+        fourth.encode_images(images()), first.encode_images(images()), atol=1e-6
+    )
+
+
+def test_a_changed_weights_file_gets_a_new_cache_key(tiny_clip, tmp_path) -> None:
+    spec, weights = tiny_clip
+    name = spec.partition(":")[2]
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(weights.read_bytes())
+    keys = {onnx_runtime.ModelFiles(name, copy, v).key for v in onnx_runtime.VARIANTS}
+    assert len(keys) == 2
+    os.utime(copy, ns=(0, 0))
+    assert onnx_runtime.ModelFiles(name, copy, "onnx").key not in keys
+
+
+def test_collection_on_onnx_searches_like_torch(tiny_clip, cache_dir, tmp_path) -> None:
+    spec, weights = tiny_clip
+    pictures = [encode(draw_image(seed, (48, 40))) for seed in range(12)]
+    results = {}
+    for runtime in ("torch", "onnx"):
+        col = Collection.create(tmp_path / runtime, spec, weights=weights, runtime=runtime)
+        col.add_images(pictures)
+        results[runtime] = col
+    reopened = Collection.open(tmp_path / "torch", runtime="onnx")
+    assert isinstance(reopened.encoder, onnx_runtime.OnnxEncoder)
+    for query in ({"text": "a red circle"}, {"image": pictures[3]}, {"id": 5}):
+        ranked = [[h.id for h in col.search(**query, k=5)] for col in results.values()]
+        assert ranked[0] == ranked[1]
+        assert [h.id for h in reopened.search(**query, k=5)] == ranked[0]
+    np.testing.assert_allclose(
+        results["onnx"].vectors(list(range(12))),
+        results["torch"].vectors(list(range(12))),
+        atol=1e-4,
+    )
+
+
+def test_runtime_choice(backbone_weights) -> None:
+    assert resolve_runtime("auto", "cpu") == AUTO_CPU
+    assert resolve_runtime("torch", "cpu") == "torch"
+    with pytest.raises(BadInputError, match="unknown runtime"):
+        resolve_runtime("tensorrt", "cpu")
+    with pytest.raises(BadInputError, match="torch only"):
+        load_encoder("torchvision:mobilenet_v2", backbone_weights("mobilenet_v2"), runtime="onnx")
