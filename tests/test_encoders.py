@@ -179,3 +179,12 @@ def test_unreadable_or_mismatched_weights_are_bad_input(
             Collection.create(tmp_path / "col", model, weights=weights)
         assert "\n" not in str(caught.value), (model, weights)
         assert not (tmp_path / "col").exists()
+
+
+def test_an_architecture_without_weights_is_refused(tiny_clip) -> None:
+    from lookalike import BadInputError
+    from lookalike.encoders import load_encoder
+
+    spec, _ = tiny_clip
+    with pytest.raises(BadInputError, match=r"pretrained tag .* or a local weights file"):
+        load_encoder(spec)

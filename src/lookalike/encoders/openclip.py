@@ -29,6 +29,12 @@ class OpenClipEncoder:
         arch, pretrained = resolve_arch(name)
         if weights is not None and pretrained:
             raise BadInputError("give either a pretrained tag or a weights file, not both")
+        if weights is None and not pretrained and not arch.startswith("hf-hub:"):
+            # random weights would index silently useless vectors
+            raise BadInputError(
+                f"open_clip:{name} needs a pretrained tag "
+                f"(open_clip:{name}/TAG) or a local weights file"
+            )
         self.spec = f"open_clip:{name}"
         self.device = pick_device(device)
         root_logger = logging.getLogger()
