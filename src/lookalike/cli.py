@@ -65,7 +65,10 @@ def index(
         ),
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Local weights file for the model.")] = None,
-    workers: Annotated[int, typer.Option(help="Decoding processes (0: decode inline).")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Decoding processes (0: decode inline) [default: cores - 1, at most 8]."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 64,
     strict: Annotated[bool, typer.Option(help="Stop at the first bad image.")] = False,
     allow_private_urls: AllowPrivate = False,
@@ -112,7 +115,11 @@ def index(
         for source in sources:
             reports.append(
                 col.add(
-                    source, progress=progress, workers=workers, batch_size=batch_size, strict=strict
+                    source,
+                    progress=progress,
+                    workers=_decode_workers() if workers is None else workers,
+                    batch_size=batch_size,
+                    strict=strict,
                 )
             )
             progress.done_before += reports[-1].seen
@@ -422,6 +429,13 @@ def _progress(total: int, quiet: bool) -> Any:
             )
 
     return IngestProgress()
+
+
+def _decode_workers() -> int:
+    """One core stays with the encoder; measured best on 2 cores (bench/RESULTS.md, Ingest)."""
+    import os
+
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def _parse_filters(pairs: list[str]) -> dict[str, Any]:
