@@ -366,9 +366,7 @@ def serve(
         for path in config.collections.values():
             _open(Path(path)).close()  # fail here, clearly, rather than in every worker
         os.environ[CONFIG_ENV] = config.to_json()
-        uvicorn.run(
-            "lookalike.server.launch:app_from_env", factory=True, workers=workers, **options
-        )
+        _run_workers(workers, options)
     else:
         uvicorn.run(config.build_app(), **options)
 
@@ -429,6 +427,23 @@ def _progress(total: int, quiet: bool) -> Any:
             )
 
     return IngestProgress()
+
+
+def _run_workers(workers: int, options: dict[str, Any]) -> None:
+    """uvicorn's worker supervisor over a listening socket with TCP_NODELAY set: sockets that
+    workers accept inherit it, where uvicorn's own setup left Nagle's algorithm on and every
+    small answer waited 40 ms for a delayed ACK."""
+    import socket
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "lookalike.server.launch:app_from_env", factory=True, workers=workers, **options
+    )
+    listening = config.bind_socket()
+    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(config, sockets=[listening]).run()
 
 
 def _decode_workers() -> int:
