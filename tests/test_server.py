@@ -7,17 +7,15 @@ the images that URL queries and URL adds fetch. Nothing leaves loopback.
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import json
 import shutil
-import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -143,30 +141,10 @@ def assert_error(
     return body["error"]
 
 
-class _Files(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _LocalServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def server_bind(self) -> None:  # HTTPServer's would look the host name up
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-
 @pytest.fixture(scope="module")
-def http_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def http_files(http_root: tuple[Path, str]) -> tuple[Path, str]:
     """(folder, base URL) of a local http.server that URL queries and adds fetch from."""
-    folder = tmp_path_factory.mktemp("http")
-    server = _LocalServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    return http_root
 
 
 # --- service endpoints ------------------------------------------------------------------------

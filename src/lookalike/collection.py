@@ -550,28 +550,24 @@ def _open_index(path: Path, vectors: Any) -> VectorIndex:
 
 
 def _hit(row: Any, score: float) -> Hit:
-    remote = is_url(row.key)
-    return Hit(
-        id=row.id,
-        path=None if remote else row.key,
-        url=row.key if remote else None,
-        width=row.width,
-        height=row.height,
-        metadata=row.metadata,
-        score=score,
-    )
+    return Hit(**_fields(row), score=score)
 
 
 def _item(row: Any) -> Item:
+    return Item(**_fields(row))
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    """A stored row as Item fields: its key is a path or a URL."""
     remote = is_url(row.key)
-    return Item(
-        id=row.id,
-        path=None if remote else row.key,
-        url=row.key if remote else None,
-        width=row.width,
-        height=row.height,
-        metadata=row.metadata,
-    )
+    return {
+        "id": row.id,
+        "path": None if remote else row.key,
+        "url": row.key if remote else None,
+        "width": row.width,
+        "height": row.height,
+        "metadata": row.metadata,
+    }
 
 
 def _stat(locator: str) -> tuple[int | None, float | None]:
