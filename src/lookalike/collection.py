@@ -488,7 +488,7 @@ class Collection:
             dropped = [int(i) for i in excluded]
         except (TypeError, ValueError):
             raise BadInputError("exclude_ids must be integer ids") from None
-        if not filter and not dropped and not view.deleted.any():
+        if not filter and not dropped and not view.deleted_count:
             return None
         allowed = ~view.deleted
         if filter:

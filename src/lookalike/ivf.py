@@ -103,10 +103,10 @@ class IvfIndex:
         if allowed is not None and int(allowed.sum()) < max(EXACT_BELOW, k * self.params.rerank):
             return _exact_subset(self.vectors, queries, k, count, allowed)
         depth = max(k, TUNE_K) * self.params.rerank  # the depth recall was tuned at
-        bitmap = np.packbits(
-            allowed[:count] if allowed is not None else np.ones(count, bool), bitorder="little"
-        )
-        selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(bitmap))
+        selector = None  # no selector at all when every id may come back: nothing to scan
+        if allowed is not None:
+            bitmap = np.packbits(allowed[:count], bitorder="little")
+            selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(bitmap))
         options = _search_options(self.params.nlist, self.params.nprobe, selector)
         _, ids = self.base.search(queries, depth, params=options)
         if self.delta.ntotal:
@@ -283,10 +283,12 @@ def _exact_subset(
     return _pad(best_scores, best_ids, k)
 
 
-def _search_options(nlist: int, nprobe: int, selector: object) -> object:
+def _search_options(nlist: int, nprobe: int, selector: object | None) -> object:
     import faiss
 
-    options = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+    options = faiss.SearchParametersIVF(nprobe=nprobe)
+    if selector is not None:
+        options.sel = selector
     if nlist >= 4096:  # HNSW quantizer: explore at least as many lists as are probed
         options.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
     return options

@@ -95,6 +95,7 @@ class View:
 
     count: int
     deleted: np.ndarray
+    deleted_count: int = 0  # counted once here, not by every search
 
 
 class VectorShards:
@@ -246,7 +247,7 @@ class Store:
             deleted = np.zeros(count, dtype=bool)
             ids = [r[0] for r in self._select("SELECT id FROM items WHERE deleted = 1")]
             deleted[np.asarray(ids, dtype=np.int64)] = True
-            self._view = View(count, deleted)
+            self._view = View(count, deleted, len(ids))
             self._seen_version = version
             return True
 
