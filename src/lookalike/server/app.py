@@ -313,28 +313,24 @@ def _form_value(field: str, value: str) -> Any:
 
 
 def _item_body(name: str, item: Item) -> ItemBody:
-    url, thumb = links(name, item)
-    return ItemBody(
-        id=item.id,
-        url=url,
-        thumbnail_url=thumb,
-        width=item.width,
-        height=item.height,
-        metadata=item.metadata,
-    )
+    return ItemBody(**_public_fields(name, item))
 
 
 def _hit_body(name: str, hit: Hit) -> HitBody:
-    url, thumb = links(name, hit)
-    return HitBody(
-        id=hit.id,
-        score=hit.score,
-        url=url,
-        thumbnail_url=thumb,
-        width=hit.width,
-        height=hit.height,
-        metadata=hit.metadata,
-    )
+    return HitBody(**_public_fields(name, hit), score=hit.score)
+
+
+def _public_fields(name: str, item: Item) -> dict[str, Any]:
+    """What the API shows of a stored image: links instead of server paths."""
+    url, thumb = links(name, item)
+    return {
+        "id": item.id,
+        "url": url,
+        "thumbnail_url": thumb,
+        "width": item.width,
+        "height": item.height,
+        "metadata": item.metadata,
+    }
 
 
 def _media_type(path: Any) -> str:
