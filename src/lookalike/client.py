@@ -54,25 +54,34 @@ def _image_bytes(image: Any) -> bytes:
 
 
 def _search_body(
+    *,
     text: str | None,
     image: Any,
     url: str | None,
     id: int | None,
     vector: Sequence[float] | None,
     query: Iterable[Mapping[str, Any]] | None,
-    options: dict[str, Any],
+    k: int,
+    filter: Mapping[str, Any] | None,
+    exclude_ids: Sequence[int] | None,
+    include_self: bool | None,
+    dedupe: float | None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {key: value for key, value in options.items() if value is not None}
-    kinds = {
+    """The JSON body of a search, from the arguments of ``Client.search``."""
+    fields = {
         "text": text,
         "url": url,
         "id": id,
         "vector": list(map(float, vector)) if vector is not None else None,
         "image": base64.b64encode(_image_bytes(image)).decode() if image is not None else None,
         "query": [_part(p) for p in query] if query is not None else None,
+        "k": k,
+        "filter": dict(filter) if filter else None,
+        "exclude_ids": list(exclude_ids) if exclude_ids else None,
+        "include_self": include_self,
+        "dedupe": dedupe,
     }
-    body.update({k: v for k, v in kinds.items() if v is not None})
-    return body
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def _part(part: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,19 +223,17 @@ class Client:
     ) -> list[Hit]:
         """Search a collection; the query kinds are those of ``Collection.search``."""
         body = _search_body(
-            text,
-            image,
-            url,
-            id,
-            vector,
-            query,
-            {
-                "k": k,
-                "filter": dict(filter) if filter else None,
-                "exclude_ids": list(exclude_ids) if exclude_ids else None,
-                "include_self": include_self,
-                "dedupe": dedupe,
-            },
+            text=text,
+            image=image,
+            url=url,
+            id=id,
+            vector=vector,
+            query=query,
+            k=k,
+            filter=filter,
+            exclude_ids=exclude_ids,
+            include_self=include_self,
+            dedupe=dedupe,
         )
         return _hits(
             self._http.base_url,
@@ -328,19 +335,17 @@ class AsyncClient:
     ) -> list[Hit]:
         """Search a collection."""
         body = _search_body(
-            text,
-            image,
-            url,
-            id,
-            vector,
-            query,
-            {
-                "k": k,
-                "filter": dict(filter) if filter else None,
-                "exclude_ids": list(exclude_ids) if exclude_ids else None,
-                "include_self": include_self,
-                "dedupe": dedupe,
-            },
+            text=text,
+            image=image,
+            url=url,
+            id=id,
+            vector=vector,
+            query=query,
+            k=k,
+            filter=filter,
+            exclude_ids=exclude_ids,
+            include_self=include_self,
+            dedupe=dedupe,
         )
         response = await self._request("POST", f"/v1/collections/{collection}/search", json=body)
         return _hits(self._http.base_url, response.json())
