@@ -140,3 +140,61 @@ def test_vectors_only_collections_refuse_models_and_bad_vectors(tmp_path: Path) 
         collection.search(text="a cat")
     with pytest.raises(ModelMismatchError):
         collection.search(vector=[1.0] * (DIM - 1))
+
+
+@pytest.mark.parametrize(("budget", "codec"), [(N * DIM, "SQ8"), (0, f"PQ{DIM // 4}")])
+def test_past_the_memory_budget_candidates_are_ranked_by_compact_codes(
+    tmp_path: Path, vectors: np.ndarray, budget: int, codec: str
+) -> None:
+    collection = Collection.create(tmp_path / "col", f"vectors:{DIM}")
+    collection.add_vectors(
+        vectors, [f"v{i}" for i in range(N)], metadata=[{"group": i % 50} for i in range(N)]
+    )
+    collection.rebuild_index("ivf", nlist=32, memory_budget=budget)
+    params = collection.index.params  # type: ignore[attr-defined]
+    assert params.rerank_codec == codec and params.recall_at_20 >= 0.9
+    codes_file = tmp_path / "col" / "index" / f"{params.codes}.codes"
+    assert codes_file.stat().st_size == N * collection.index.codes.code_size  # type: ignore[attr-defined]
+    queries = clustered(30, seed=11)
+    found = [collection.search(vector=q, k=20) for q in queries]
+    truth = [set(exact_ids(vectors, q, 20)) for q in queries]
+    recall = np.mean([len({h.id for h in f} & t) / 20 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.9
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for hit in found[0]:  # scores are exact, not decoded from the codes
+        assert hit.score == pytest.approx(
+            float(unit[hit.id] @ queries[0]) / np.linalg.norm(queries[0]), abs=1e-5
+        )
+    # a selective filter scores every match, still returning k
+    allowed = np.array([i % 50 == 3 for i in range(N)])
+    filtered = collection.search(vector=vectors[3], k=30, filter={"group": 3})
+    assert len(filtered) == 30 and filtered[0].id == 3
+    assert len({h.id for h in filtered} & set(exact_ids(vectors, vectors[3], 30, allowed))) >= 27
+    # adds are re-ranked exactly from the delta, then encoded when the delta is saved
+    fresh = clustered(40, seed=12)
+    ids = collection.add_vectors(fresh, [f"new{i}" for i in range(40)])
+    assert collection.search(vector=fresh[5], k=1)[0].id == ids[5]
+    collection.index.save()  # type: ignore[attr-defined]
+    assert codes_file.stat().st_size == (N + 40) * collection.index.codes.code_size  # type: ignore[attr-defined]
+    collection.close()
+    reopened = Collection.open(tmp_path / "col")
+    assert reopened.index.codes.rows == N + 40  # type: ignore[attr-defined]
+    assert reopened.search(vector=fresh[5], k=1)[0].id == ids[5]
+    assert [h.id for h in reopened.search(vector=queries[0], k=20)] == [h.id for h in found[0]]
+    # a rebuild within the budget drops the codes
+    assert reopened.rebuild_index("ivf", nlist=32) == "ivf"
+    assert not list((tmp_path / "col" / "index").glob("rerank-*"))
+
+
+def test_a_damaged_codes_file_is_found_and_rebuilt(tmp_path: Path, vectors: np.ndarray) -> None:
+    collection = Collection.create(tmp_path / "col", f"vectors:{DIM}")
+    collection.add_vectors(vectors[:2000], [f"v{i}" for i in range(2000)])
+    collection.rebuild_index("ivf", nlist=16, memory_budget=0)
+    codes_file = next((tmp_path / "col" / "index").glob("rerank-*.codes"))
+    data = codes_file.read_bytes()
+    codes_file.unlink()  # a new inode: the open collection's memory map stays intact
+    codes_file.write_bytes(data[: len(data) // 2])
+    assert any("IVF index" in p.what for p in collection.verify().problems)
+    collection.verify(repair=True)
+    assert not any("IVF index" in p.what for p in collection.verify().problems)
+    assert Collection.open(tmp_path / "col").search(vector=vectors[9], k=1)[0].id == 9

@@ -229,12 +229,19 @@ class Collection:
         return report
 
     def rebuild_index(
-        self, kind: str = "auto", *, target_recall: float = 0.95, nlist: int | None = None
+        self,
+        kind: str = "auto",
+        *,
+        target_recall: float = 0.95,
+        nlist: int | None = None,
+        memory_budget: int | None = None,
     ) -> str:
         """(Re)build the vector index from the stored vectors; returns the kind in use.
 
         ``auto`` picks exact search below ``FLAT_LIMIT`` live images and a trained IVF index
         above; ``ivf`` retrains even a small collection; ``flat`` drops any trained index.
+        ``memory_budget`` (bytes; default half the RAM) bounds the IVF index's re-rank data:
+        past it, compact codes stand in for the full vectors.
         """
         if kind not in {"auto", "flat", "ivf"}:
             raise BadInputError("index kind must be auto, flat or ivf")
@@ -253,6 +260,7 @@ class Collection:
                     live,
                     target_recall=target_recall,
                     nlist=nlist,
+                    memory_budget=memory_budget,
                 )
             self.index = _open_index(self.path, self.store.vectors)
         return self.index.kind

@@ -39,18 +39,35 @@ class FlatIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`VectorIndex`."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-        best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+        best = RunningTopK(len(queries), k)
         for start, block in self.vectors.chunks(count):
             scores = queries @ block.T
             if allowed is not None:
                 scores[:, ~allowed[start : start + len(block)]] = -np.inf
-            ids = np.broadcast_to(np.arange(start, start + len(block)), scores.shape)
-            scores, ids = _top_k(scores, ids, k)
-            merged_scores = np.concatenate([best_scores, scores], axis=1)
-            merged_ids = np.concatenate([best_ids, ids], axis=1)
-            best_scores, best_ids = _top_k(merged_scores, merged_ids, k)
-        return _pad(best_scores, best_ids, k)
+            best.add(scores, np.broadcast_to(np.arange(start, start + len(block)), scores.shape))
+        return best.result()
+
+
+class RunningTopK:
+    """The best k (score, id) of each query over candidate blocks seen one at a time."""
+
+    def __init__(self, queries: int, k: int) -> None:
+        self.k = k
+        self.scores = np.full((queries, 0), -np.inf, dtype=np.float32)
+        self.ids = np.zeros((queries, 0), dtype=np.int64)
+
+    def add(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Merge one block of (n_queries, m) scores and ids."""
+        scores, ids = _top_k(scores, ids, self.k)
+        self.scores, self.ids = _top_k(
+            np.concatenate([self.scores, scores], axis=1),
+            np.concatenate([self.ids, ids], axis=1),
+            self.k,
+        )
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), best first, padded to k with -inf / -1."""
+        return _pad(self.scores, self.ids, self.k)
 
 
 def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

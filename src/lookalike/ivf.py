@@ -1,5 +1,5 @@
 """An approximate index for large collections: Faiss IVF with 4-bit PQ fast-scan codes,
-re-ranked exactly from the memory-mapped full-precision vectors.
+re-ranked from the memory-mapped vectors (see :mod:`lookalike.rerank`).
 
 The index is a cache of the vector shards: its file holds the first ``indexed_count``
 vectors; vectors committed later go into a small in-memory delta index built on the same
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError
-from .index import FlatIndex, _pad, _top_k
+from .index import RunningTopK
+from .rerank import Codes, choose_codec, rerank
 from .store import VectorShards
 
 INDEX_DIR = "index"
@@ -47,6 +49,8 @@ class IvfParams:
     recall_at_20: float
     target_recall: float
     built: str
+    rerank_codec: str = ""  # "": re-rank from the float32 shards; else a Faiss codec
+    codes: str = ""  # stem of the codec and codes files of that codec
 
     @property
     def file(self) -> str:
@@ -85,6 +89,11 @@ class IvfIndex:
         )
         self.delta = faiss.read_index(str(self.directory / EMPTY_FILE))
         self.delta_upto = self.params.indexed_count
+        self.codes = (
+            Codes(self.directory / self.params.codes, self.params.indexed_count)
+            if self.params.codes
+            else None
+        )
         self.lock = threading.Lock()
 
     @property
@@ -101,7 +110,7 @@ class IvfIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.catch_up(count)
         if allowed is not None and int(allowed.sum()) < max(EXACT_BELOW, k * self.params.rerank):
-            return _exact_subset(self.vectors, queries, k, count, allowed)
+            return self._search_subset(queries, k, count, allowed)
         depth = max(k, TUNE_K) * self.params.rerank  # the depth recall was tuned at
         selector = None  # no selector at all when every id may come back: nothing to scan
         if allowed is not None:
@@ -113,7 +122,15 @@ class IvfIndex:
             with self.lock:
                 _, more = self.delta.search(queries, depth, params=options)
             ids = np.concatenate([ids, more], axis=1)
-        return _rerank(self.vectors, queries, ids, k, count)
+        return rerank(self.vectors, self.codes, queries, ids, k, count)
+
+    def _search_subset(
+        self, queries: np.ndarray, k: int, count: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Score every allowed id (a selective filter): never misses a match."""
+        ids = np.flatnonzero(allowed[:count])
+        candidates = np.broadcast_to(ids, (len(queries), len(ids)))
+        return rerank(self.vectors, self.codes, queries, candidates, k, count)
 
     def save(self) -> None:
         """Write the delta into a new index file, so the next open starts current."""
@@ -122,6 +139,8 @@ class IvfIndex:
         with self.lock:
             if self.pending == 0:
                 return
+            if self.codes is not None:
+                self.codes.append(self.vectors, self.delta_upto)
             merged = faiss.read_index(str(self.directory / self.params.file))
             for start, block in self.vectors.chunks(self.delta_upto):
                 first = max(start, self.params.indexed_count)
@@ -162,9 +181,14 @@ def build_ivf(
     *,
     target_recall: float = 0.95,
     nlist: int | None = None,
+    memory_budget: int | None = None,
     seed: int = 0,
 ) -> IvfParams:
-    """Train an IVF index on a sample of live vectors, add all, tune, and save it."""
+    """Train an IVF index on a sample of live vectors, add all, tune, and save it.
+
+    ``memory_budget`` (bytes, default half the RAM) bounds the re-rank data: past it the
+    index keeps compact codes for re-ranking instead of reading the float32 shards.
+    """
     import faiss
 
     rng = np.random.default_rng(seed)
@@ -178,24 +202,42 @@ def build_ivf(
     factory = factory_for(vectors.dim, nlist)
     index = faiss.index_factory(vectors.dim, factory, faiss.METRIC_INNER_PRODUCT)
     sample_size = min(len(live_ids), max(32 * nlist, 20_000), 300_000)
-    sample_ids = np.sort(rng.choice(live_ids, sample_size, replace=False))
-    index.train(vectors.get(sample_ids, count))
+    sample = vectors.get(np.sort(rng.choice(live_ids, sample_size, replace=False)), count)
+    index.train(sample)
     empty = faiss.clone_index(index)
-    for start, block in vectors.chunks(count):
+    (directory / INDEX_DIR).mkdir(parents=True, exist_ok=True)
+    codec = choose_codec(len(live_ids), vectors.dim, memory_budget)
+    stem = f"rerank-{secrets.token_hex(4)}" if codec else ""
+    codes = Codes.create(directory / INDEX_DIR / stem, codec, sample) if codec else None
+    queries = _tune_queries(sample, rng)
+    truth = RunningTopK(len(queries), TUNE_K)
+    for start, block in vectors.chunks(count):  # one pass: add, encode, and exact truth
         for offset in range(0, len(block), 100_000):
             part = np.ascontiguousarray(block[offset : offset + 100_000])
-            index.add_with_ids(part, np.arange(start + offset, start + offset + len(part)))
-    nprobe, rerank, recall = _tune(index, vectors, count, live, target_recall, rng)
+            ids = np.arange(start + offset, start + offset + len(part))
+            index.add_with_ids(part, ids)
+            if codes is not None:
+                codes.write(part)
+            scores = queries @ part.T
+            scores[:, ~live[ids]] = -np.inf
+            truth.add(scores, np.broadcast_to(ids, scores.shape))
+    if codes is not None:
+        codes.commit(count)
+    nprobe, rerank_depth, recall = _tune(
+        index, vectors, codes, count, live, queries, truth.result()[1], target_recall
+    )
     params = IvfParams(
         factory,
         nlist,
         nprobe,
-        rerank,
+        rerank_depth,
         count,
         sample_size,
         recall,
         target_recall,
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        codec,
+        stem,
     )
     _save(directory / INDEX_DIR, index, params, empty)
     return params
@@ -203,8 +245,9 @@ def build_ivf(
 
 def drop_ivf(directory: Path) -> None:
     """Remove a saved IVF index (the collection falls back to exact search)."""
-    for path in (directory / INDEX_DIR).glob("ivf*"):
-        path.unlink()
+    for path in (directory / INDEX_DIR).glob("*"):
+        if path.name.startswith(("ivf", "rerank-")):
+            path.unlink()
 
 
 def has_ivf(directory: Path) -> bool:
@@ -212,75 +255,47 @@ def has_ivf(directory: Path) -> bool:
     return (directory / INDEX_DIR / PARAMS_FILE).is_file()
 
 
+def _tune_queries(sample: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Perturbed copies of sampled vectors: near the data, but not themselves in the index."""
+    picked = rng.choice(len(sample), min(TUNE_QUERIES, len(sample)), replace=False)
+    queries = sample[np.sort(picked)]
+    queries += rng.normal(0, 0.3 / math.sqrt(sample.shape[1]), queries.shape).astype(np.float32)
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
 def _tune(
     index: object,
     vectors: VectorShards,
+    codes: Codes | None,
     count: int,
     live: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
     target: float,
-    rng: np.random.Generator,
 ) -> tuple[int, int, float]:
-    """Smallest (nprobe, rerank) reaching ``target`` recall@20 on held-out queries."""
+    """Smallest (nprobe, rerank) reaching ``target`` recall@20 on the held-out queries."""
     import faiss
 
-    live_ids = np.flatnonzero(live[:count])
-    picked = rng.choice(live_ids, min(TUNE_QUERIES, len(live_ids)), replace=False)
-    # perturbed copies of stored vectors: near the data, but not themselves in the index
-    queries = vectors.get(np.sort(picked), count)
-    queries += rng.normal(0, 0.3 / math.sqrt(vectors.dim), queries.shape).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    _, truth = FlatIndex(vectors).search(queries, TUNE_K, count, live[:count])
     bitmap = np.packbits(live[:count], bitorder="little")
     selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(bitmap))
     best = (1, 1, 0.0)
     nlist = index.nlist  # type: ignore[attr-defined]
     for nprobe in [n for n in (4, 8, 16, 32, 64, 128, 256, 512) if n <= nlist] or [nlist]:
-        for rerank in (2, 4, 8, 16):
+        for depth in (2, 4, 8, 16, 32):
             options = _search_options(nlist, nprobe, selector)
-            _, ids = index.search(queries, TUNE_K * rerank, params=options)  # type: ignore[attr-defined]
-            _, found = _rerank(vectors, queries, ids, TUNE_K, count)
+            _, ids = index.search(queries, TUNE_K * depth, params=options)  # type: ignore[attr-defined]
+            _, found = rerank(vectors, codes, queries, ids, TUNE_K, count)
             recall = _recall(found, truth)
             if recall > best[2]:
-                best = (nprobe, rerank, recall)
+                best = (nprobe, depth, recall)
             if recall >= target:
-                return nprobe, rerank, recall
+                return nprobe, depth, recall
     return best
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     hits = sum(len(set(f[f >= 0]) & set(t[t >= 0])) for f, t in zip(found, truth, strict=True))
     return hits / max(1, int((truth >= 0).sum()))
-
-
-def _rerank(
-    vectors: VectorShards, queries: np.ndarray, candidates: np.ndarray, k: int, count: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores of each query's candidate ids; the best k, best first."""
-    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
-    for row, ids in enumerate(candidates):
-        valid = ids >= 0
-        if valid.any():
-            unique, where = np.unique(ids[valid], return_index=True)
-            exact = vectors.get(unique, count) @ queries[row]
-            row_scores = np.full(len(ids), -np.inf, dtype=np.float32)
-            row_scores[np.flatnonzero(valid)[where]] = exact
-            scores[row] = row_scores
-    best_scores, best_ids = _top_k(scores, candidates, k)
-    return _pad(best_scores, best_ids, k)
-
-
-def _exact_subset(
-    vectors: VectorShards, queries: np.ndarray, k: int, count: int, allowed: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact search over the few allowed ids (a selective filter): never misses a match."""
-    ids = np.flatnonzero(allowed[:count])
-    if len(ids) == 0:
-        return _pad(
-            np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), k
-        )
-    scores = queries @ vectors.get(ids, count).T
-    best_scores, best_ids = _top_k(scores, np.broadcast_to(ids, scores.shape), k)
-    return _pad(best_scores, best_ids, k)
 
 
 def _search_options(nlist: int, nprobe: int, selector: object | None) -> object:
@@ -306,8 +321,9 @@ def _save(directory: Path, index: object, params: IvfParams, empty: object = Non
         directory / PARAMS_FILE,
         lambda tmp: tmp.write_text(json.dumps(asdict(params), indent=2) + "\n"),
     )
-    for old in directory.glob("ivf-*.faiss"):
-        if old.name not in {params.file, EMPTY_FILE}:
+    keep = {params.file, EMPTY_FILE, f"{params.codes}.codec", f"{params.codes}.codes"}
+    for old in [*directory.glob("ivf-*.faiss"), *directory.glob("rerank-*")]:
+        if old.name not in keep:
             old.unlink(missing_ok=True)
 
 
