@@ -90,6 +90,10 @@ def fill(path: Path, n: int, mixture: Mixture, model: tuple[np.ndarray, np.ndarr
     return time.perf_counter() - started
 
 
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def latencies(search, queries: np.ndarray) -> tuple[float, float]:
     times = []
     for query in queries:
@@ -122,15 +126,19 @@ def anon():
         if line.startswith("RssAnon"):
             return int(line.split()[1]) * 1024
 queries = np.load(sys.argv[2])
+import time
 before = anon()
+started = time.perf_counter()
 col = Collection.open(sys.argv[1])
+open_s = time.perf_counter() - started
 for q in queries:
     col.search(vector=q, k=20)
-print(json.dumps({"anon_bytes": anon() - before, "kind": col.index.kind}))
+print(json.dumps({"anon_bytes": anon() - before, "kind": col.index.kind, "open_s": open_s}))
 """
 
 
-def anon_memory(path: Path, queries: np.ndarray, workdir: Path) -> tuple[int, str]:
+def anon_memory(path: Path, queries: np.ndarray, workdir: Path) -> tuple[int, str, float]:
+    """Anonymous memory a fresh process gains by opening and searching; kind; open time."""
     query_file = workdir / "queries.npy"
     np.save(query_file, queries[:100])
     result = subprocess.run(
@@ -140,7 +148,7 @@ def anon_memory(path: Path, queries: np.ndarray, workdir: Path) -> tuple[int, st
         check=True,
     )
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    return int(answer["anon_bytes"]), answer["kind"]
+    return int(answer["anon_bytes"]), answer["kind"], float(answer["open_s"])
 
 
 def main() -> None:
@@ -190,13 +198,16 @@ def main() -> None:
     started = time.perf_counter()
     _, truth = exact.search(queries, K, count, None)
     flat_qps = len(queries) / (time.perf_counter() - started)
+    log("exact truth done")
     flat_p50, flat_p99 = latencies(
         lambda q: collection.search(vector=q, k=K), timed[: args.flat_queries]
     )
-    flat_mem, _ = anon_memory(path, timed[: args.flat_queries], workdir)
+    flat_mem, _, _ = anon_memory(path, timed[: args.flat_queries], workdir)
     rows.append(("flat (exact)", 0.0, flat_mem / count, DIM * 4, flat_p50, flat_p99, flat_qps, 1.0))
 
+    log("exact latency and memory done")
     for variant in args.rerank:
+        log(f"building ivf ({variant} re-rank data)")
         started = time.perf_counter()
         collection.rebuild_index("ivf", memory_budget=BUDGETS[variant](args.n))
         build_s = time.perf_counter() - started
@@ -205,9 +216,11 @@ def main() -> None:
         started = time.perf_counter()
         _, found = ivf.search(queries, K, count, None)
         ivf_qps = len(queries) / (time.perf_counter() - started)
+        log(f"built in {build_s:.0f} s: {params}")
         ivf_p50, ivf_p99 = latencies(lambda q: collection.search(vector=q, k=K), timed)
-        ivf_mem, kind = anon_memory(path, timed, workdir)
+        ivf_mem, kind, open_s = anon_memory(path, timed, workdir)
         assert kind == "ivf", kind
+        print(f"{variant}: a fresh process opened the collection in {open_s:.2f} s", flush=True)
         rerank_bytes = ivf.codes.code_size if ivf.codes is not None else DIM * 4
         rows.append(
             (

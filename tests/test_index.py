@@ -198,3 +198,16 @@ def test_a_damaged_codes_file_is_found_and_rebuilt(tmp_path: Path, vectors: np.n
     collection.verify(repair=True)
     assert not any("IVF index" in p.what for p in collection.verify().problems)
     assert Collection.open(tmp_path / "col").search(vector=vectors[9], k=1)[0].id == 9
+
+
+def test_rows_straddling_pages_are_read_whole_when_prefetched(tmp_path: Path) -> None:
+    dim = 100  # 400-byte rows: some cross a 4 KiB page boundary
+    points = np.random.default_rng(3).standard_normal((3000, dim)).astype(np.float32)
+    collection = Collection.create(tmp_path / "col", f"vectors:{dim}")
+    collection.add_vectors(points, [f"v{i}" for i in range(3000)])
+    collection.rebuild_index("ivf", nlist=16, memory_budget=0)
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    for i in (0, 10, 81, 2999):  # row 10 spans bytes 4000-4399
+        hit = collection.search(vector=points[i], k=1)[0]
+        assert hit.id == i and hit.score == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(collection.vectors([10, 81]), unit[[10, 81]], atol=1e-6)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ class Codes:
         self.rows = 0
         self.codes = np.zeros((0, self.code_size), dtype=np.uint8)
         self.extend(rows)
+        _read_ahead(stem.with_suffix(".codes"))
 
     @staticmethod
     def create(stem: Path, factory: str, sample: np.ndarray) -> Codes:
@@ -81,7 +83,6 @@ class Codes:
         with open(self.stem.with_suffix(".codes"), "rb") as handle:
             mapped = mmap.mmap(handle.fileno(), rows * self.code_size, access=mmap.ACCESS_READ)
         mapped.madvise(mmap.MADV_RANDOM)  # re-rank reads are scattered: no read-ahead
-        mapped.madvise(mmap.MADV_WILLNEED)  # but do start pulling the file into the cache
         self.codes = np.frombuffer(mapped, dtype=np.uint8).reshape(rows, self.code_size)
         self.rows = rows
 
@@ -124,8 +125,23 @@ def rerank(
         approx = _scores(queries, candidates, lambda ids: _decode(codes, vectors, ids, count))
         approx, candidates = _top_k(approx, candidates, k * codes.exact_per_result)
         candidates = np.where(np.isfinite(approx), candidates, -1)
-    exact = _scores(queries, candidates, lambda ids: vectors.get(ids, count))
+    cold = codes is not None  # the shards outgrow the page cache: fetch rows in parallel
+    exact = _scores(queries, candidates, lambda ids: vectors.get(ids, count, prefetch=cold))
     return _pad(*_top_k(exact, candidates, k), k)
+
+
+def _read_ahead(path: Path) -> None:
+    """Pull a file into the page cache in the background: the first searches after opening
+    would otherwise fault its pages in one by one (the call takes seconds for 10 GB)."""
+
+    def read() -> None:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(descriptor)
+
+    threading.Thread(target=read, name="lookalike-read-ahead", daemon=True).start()
 
 
 def _is_pq(codec: object) -> bool:
