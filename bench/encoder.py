@@ -28,7 +28,7 @@ import numpy as np
 
 ARCH = "ViT-B-32"
 SHORT_TEXT = "a police car at night"
-VARIANTS = ("torch", "onnx", "onnx-int8")
+VARIANTS = ("torch", "onnx", "openvino", "onnx-int8")
 
 
 def main() -> None:

@@ -46,7 +46,9 @@ def least_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
 
-@pytest.mark.parametrize(("runtime", "minimum"), [("onnx", 0.9999), ("onnx-int8", 0.99)])
+@pytest.mark.parametrize(
+    ("runtime", "minimum"), [("onnx", 0.9999), ("openvino", 0.9999), ("onnx-int8", 0.99)]
+)
 def test_export_agrees_with_torch(tiny_clip, cache_dir, torch_encoder, runtime, minimum) -> None:
     encoder = load_encoder(*tiny_clip, "cpu", runtime=runtime)
     assert isinstance(encoder, onnx_runtime.OnnxEncoder)
@@ -159,9 +161,29 @@ def test_collection_on_onnx_searches_like_torch(tiny_clip, cache_dir, tmp_path) 
 
 
 def test_runtime_choice(backbone_weights) -> None:
-    assert resolve_runtime("auto", "cpu") == AUTO_CPU
-    assert resolve_runtime("torch", "cpu") == "torch"
+    assert resolve_runtime("auto", "cpu") == [*AUTO_CPU, "torch"]
+    assert resolve_runtime("torch", "cpu") == ["torch"]
     with pytest.raises(BadInputError, match="unknown runtime"):
         resolve_runtime("tensorrt", "cpu")
     with pytest.raises(BadInputError, match="torch only"):
         load_encoder("torchvision:mobilenet_v2", backbone_weights("mobilenet_v2"), runtime="onnx")
+
+
+def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
+    tiny_clip, tmp_path, monkeypatch, caplog
+) -> None:
+    from lookalike.encoders import openvino as openvino_runtime
+
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
+    first = load_encoder(*tiny_clip, "cpu", runtime="openvino")
+    assert isinstance(first, openvino_runtime.OpenVinoEncoder) and first.runtime == "openvino"
+    checks = list((tmp_path / "runtime").glob("*/meta.json"))
+    assert len(checks) == 2  # the float32 export and the check of this engine on it
+    # a model whose vectors miss the bar: refused when asked for, skipped by auto
+    monkeypatch.setattr(openvino_runtime, "MIN_AGREEMENT", 1.5)
+    monkeypatch.setattr(openvino_runtime, "CHECK_FORMAT", 99)  # a new check, not the cached one
+    with pytest.raises(onnx_runtime.ExportError, match="agrees with the float32 export"):
+        load_encoder(*tiny_clip, "cpu", runtime="openvino")
+    fallback = load_encoder(*tiny_clip, "cpu", runtime="auto")
+    assert type(fallback) is onnx_runtime.OnnxEncoder and fallback.runtime == "onnx"
+    assert "does not run on openvino" in caplog.text

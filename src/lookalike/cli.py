@@ -30,7 +30,8 @@ AllowPrivate = Annotated[
 RuntimeOpt = Annotated[
     str,
     typer.Option(
-        help="Model engine: auto (ONNX Runtime on CPU, torch on GPU), torch, onnx, onnx-int8."
+        help="Model engine: auto (OpenVINO or ONNX Runtime on CPU, torch on GPU), torch, onnx, "
+        "openvino, onnx-int8."
     ),
 ]
 ThreadsOpt = Annotated[

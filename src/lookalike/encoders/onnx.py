@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ META = "meta.json"
 VARIANTS = ("onnx", "onnx-int8")
 MIN_AGREEMENT = {"onnx": 0.9999, "onnx-int8": 0.99}
 PROBE_TEXTS = ["a photo of a cat", "a police car at night in the rain", "x", "red"]
+
+
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
 class ExportError(LookalikeError):
@@ -122,7 +126,7 @@ class OnnxEncoder:
         self.providers = _providers(device)
         self._files = ModelFiles(name, weights, variant)
         self._lock = threading.Lock()
-        self._sessions: dict[str, Any] = {}
+        self._sessions: dict[str, Runner] = {}
         self._folder, self._meta = self._open(self._files.folder())
         self.dim = int(self._meta["dim"])
         self.image_size = int(self._meta["image_size"])
@@ -148,27 +152,25 @@ class OnnxEncoder:
         return self._run("text", tokens.numpy().astype(np.int64, copy=False))
 
     def _run(self, tower: str, feed: np.ndarray) -> np.ndarray:
-        session = self._session(tower)
-        (out,) = session.run(None, {session.get_inputs()[0].name: feed})
-        return np.asarray(out, dtype=np.float32)
+        return np.asarray(self._session(tower)(feed), dtype=np.float32)
 
-    def _session(self, tower: str) -> Any:
+    def _session(self, tower: str) -> Runner:
         with self._lock:
             if tower not in self._sessions:
                 try:
-                    self._sessions[tower] = _session(
-                        self._folder / f"{tower}.onnx", self.threads, self.providers
-                    )
-                except Exception as error:  # ONNX Runtime raises its own types for a bad file
+                    self._sessions[tower] = self._load(self._folder / f"{tower}.onnx")
+                except Exception as error:  # the engines raise their own types for a bad file
                     log.warning(
                         "cached %s %s graph unreadable (%s); rebuilding", self.spec, tower, error
                     )
                     self._sessions.clear()
                     self._folder, self._meta = self._open(self._files.rebuild())
-                    self._sessions[tower] = _session(
-                        self._folder / f"{tower}.onnx", self.threads, self.providers
-                    )
+                    self._sessions[tower] = self._load(self._folder / f"{tower}.onnx")
             return self._sessions[tower]
+
+    def _load(self, path: Path) -> Runner:
+        """A graph ready to run: one input batch in, the embeddings out."""
+        return ort_runner(path, self.threads, self.providers)
 
     def _open(self, folder: Path) -> tuple[Path, dict[str, Any]]:
         """The entry's folder and metadata, rebuilt once if a file is missing or resized."""
@@ -313,6 +315,13 @@ def _probe_images(size: int) -> np.ndarray:
 
 
 # -- ONNX Runtime --------------------------------------------------------------------------
+
+
+def ort_runner(path: Path, threads: int | None, providers: list[str]) -> Runner:
+    """An ONNX Runtime session for the graph at ``path``, as a function of its one input."""
+    session = _session(path, threads, providers)
+    name = session.get_inputs()[0].name
+    return lambda feed: session.run(None, {name: feed})[0]
 
 
 def _session(path: Path, threads: int | None, providers: list[str]) -> Any:

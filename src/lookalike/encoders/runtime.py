@@ -3,11 +3,13 @@
 - ``torch``: the model as open_clip builds it; the reference, and the choice on a GPU;
 - ``onnx``: both towers exported once to ONNX and run by ONNX Runtime, float32 (agrees with
   torch to cosine >= 0.9999 per vector);
-- ``onnx-int8``: the same with int8 weights (dynamic quantization): faster on CPUs with int8
-  dot products, vectors change slightly (cosine >= 0.99), so it is only used when asked for;
-- ``auto``: torch on CUDA, else ``AUTO_CPU``, the fastest float32-exact variant measured by
-  ``bench/encoder.py`` (see ``bench/RESULTS.md``); torch when ONNX Runtime is missing or the
-  model does not export.
+- ``openvino``: the same export run by OpenVINO, in bfloat16 where the CPU has it natively
+  (about 2x float32), checked once per model to agree to cosine >= 0.9999 too;
+- ``onnx-int8``: the ONNX export with int8 weights (dynamic quantization): faster on CPUs with
+  int8 dot products, vectors change slightly (cosine >= 0.99), so it is only used when asked;
+- ``auto``: torch on CUDA, else the first of ``AUTO_CPU`` that is installed and passes its
+  check: the fastest variants measured by ``bench/encoder.py`` (see ``bench/RESULTS.md``)
+  that keep the float32 bar; torch when none does.
 
 torchvision backbones run on torch only.
 """
@@ -22,21 +24,21 @@ from ..errors import BadInputError
 
 log = logging.getLogger("lookalike")
 
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
-AUTO_CPU = "onnx"
+RUNTIMES = ("auto", "torch", "onnx", "openvino", "onnx-int8")
+AUTO_CPU = ("openvino", "onnx")
 
 
-def resolve_runtime(runtime: str, device: str | None) -> str:
-    """The concrete runtime ``runtime`` names for a model on ``device``."""
+def resolve_runtime(runtime: str, device: str | None) -> list[str]:
+    """The runtimes to try, in order, for ``runtime`` and a model on ``device``."""
     if runtime not in RUNTIMES:
         raise BadInputError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     if runtime != "auto":
-        return runtime
+        return [runtime]
     from ._torch import pick_device
 
-    if pick_device(device).type != "cpu" or not onnxruntime_available():
-        return "torch"
-    return AUTO_CPU
+    if pick_device(device).type != "cpu":
+        return ["torch"]
+    return [name for name in AUTO_CPU if _installed(name)] + ["torch"]
 
 
 def load_open_clip(
@@ -47,20 +49,41 @@ def load_open_clip(
     threads: int | None = None,
 ) -> object:
     """An open_clip encoder on the runtime asked for (see the module doc)."""
-    from .openclip import OpenClipEncoder
+    from .onnx import ExportError
 
-    choice = resolve_runtime(runtime, device)
-    if choice != "torch":
-        from .onnx import ExportError, OnnxEncoder
-
+    for choice in resolve_runtime(runtime, device):
         try:
-            return OnnxEncoder(name, weights, choice, threads=threads, device=device)
+            return _load(choice, name, weights, device, threads)
         except (ExportError, ImportError) as error:
-            if runtime != "auto":
+            if runtime != "auto" or choice == "torch":
                 raise
-            log.warning("open_clip:%s runs on torch: %s", name, error)
-    set_torch_threads(threads)
-    return OpenClipEncoder(name, weights=weights, device=device)
+            log.warning("open_clip:%s does not run on %s: %s", name, choice, error)
+    raise AssertionError("unreachable: torch is the last choice")
+
+
+def _load(
+    choice: str, name: str, weights: str | Path | None, device: str | None, threads: int | None
+) -> object:
+    if choice == "torch":
+        from .openclip import OpenClipEncoder
+
+        set_torch_threads(threads)
+        return OpenClipEncoder(name, weights=weights, device=device)
+    if choice == "openvino":
+        from .openvino import OpenVinoEncoder
+
+        return OpenVinoEncoder(name, weights, threads=threads, device=device)
+    from .onnx import OnnxEncoder
+
+    return OnnxEncoder(name, weights, choice, threads=threads, device=device)
+
+
+def _installed(runtime: str) -> bool:
+    """Whether the packages a runtime needs are installed (export needs onnx too)."""
+    from importlib.util import find_spec
+
+    needs = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnxruntime", "onnx")}
+    return all(find_spec(package) is not None for package in needs[runtime])
 
 
 def set_torch_threads(threads: int | None) -> None:
@@ -69,13 +92,6 @@ def set_torch_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime and onnx (to export) are installed."""
-    from importlib.util import find_spec
-
-    return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
 
 
 def physical_cores() -> int:
