@@ -103,4 +103,3 @@ class OpenVinoEncoder(OnnxEncoder):
 
 def _native_bf16(core: Any) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
