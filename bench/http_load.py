@@ -40,7 +40,7 @@ import numpy as np
 from lookalike import Collection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index import fill, mixture  # bench/index.py: the shared generator
+from index import Mixture, fill  # bench/index.py: the shared generator
 
 DIM = 512
 K = 20
@@ -113,43 +113,40 @@ class Run:
 # -- the collection ------------------------------------------------------------------------
 
 
-def prepare_collection(args: argparse.Namespace, workdir: Path) -> tuple[Path, np.ndarray, bool]:
-    """(collection path, mixture centers or None, whether it was made by this run)."""
+def prepare_collection(args: argparse.Namespace, workdir: Path) -> tuple[Path, bool]:
+    """(collection path, whether it holds bench/index.py's mixture); filled if absent."""
     path = args.reuse or workdir / f"http-{args.n}"
-    centers_file = path.parent / f"{path.name}-centers.npy"
-    made = not (path / "lookalike.json").exists()
-    if made:
-        if path.exists():
-            shutil.rmtree(path)
-        print(f"filling {path} with {args.n:,} vectors ...", flush=True)
-        started = time.perf_counter()
-        collection, centers = fill(path, args.n, 0, args.clusters, args.spread)
-        np.save(centers_file, centers)
-        print(f"  filled in {time.perf_counter() - started:.0f} s", flush=True)
-    else:
-        collection = Collection.open(path)
-        centers = np.load(centers_file) if centers_file.exists() else None
+    ours = not (path / "lookalike.json").exists() or (path / "bench.json").exists()
+    if ours:  # filled, or reused when an earlier run filled it with the same recipe
+        print(f"filling {path} with {args.n:,} vectors (reused if filled) ...", flush=True)
+        seconds = fill(path, args.n, mixture_of(args), mixture_of(args).model(0))
+        print(f"  filled in {seconds:.0f} s", flush=True)
+    collection = Collection.open(path)
     if collection.index.kind != "ivf":
         print("building the IVF index ...", flush=True)
         started = time.perf_counter()
         collection.rebuild_index("ivf")
         print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
     collection.close()
-    return path, centers, made
+    return path, ours
+
+
+def mixture_of(args: argparse.Namespace) -> Mixture:
+    return Mixture(args.clusters, args.rank, args.spread, args.noise)
 
 
 def make_queries(
-    collection: Collection, centers: np.ndarray | None, count: int, spread: float
+    collection: Collection, mixture: Mixture | None, count: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(held-out query vectors, random live ids)."""
     rng = np.random.default_rng(1)
     view = collection.store.view()
     live = np.flatnonzero(~view.deleted[: view.count])
-    if centers is not None:
-        vectors = mixture(rng, centers, count, spread)
-    else:  # a reused collection without its centers: perturbed stored vectors
+    if mixture is not None:
+        vectors = mixture.draw(rng, mixture.model(0), count)
+    else:  # someone else's collection: perturbed stored vectors
         picked = collection.store.vectors.get(np.sort(rng.choice(live, count)), view.count)
-        vectors = picked + rng.normal(0, spread, picked.shape).astype(np.float32)
+        vectors = picked + rng.normal(0, 0.01, picked.shape).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors, rng.choice(live, count)
 
@@ -542,8 +539,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="per HTTP row")
     parser.add_argument("--library-seconds", type=float, default=8, help="per in-process row")
     parser.add_argument("--queries", type=int, default=1000, help="distinct bodies per kind")
-    parser.add_argument("--clusters", type=int, default=2000)
-    parser.add_argument("--spread", type=float, default=0.06, help="noise per dimension")
+    defaults = Mixture()
+    parser.add_argument("--clusters", type=int, default=defaults.clusters)
+    parser.add_argument("--rank", type=int, default=defaults.rank)
+    parser.add_argument("--spread", type=float, default=defaults.spread)
+    parser.add_argument("--noise", type=float, default=defaults.noise)
     parser.add_argument("--reuse", type=Path, default=None, help="collection dir, made if absent")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep a collection made in workdir")
@@ -560,10 +560,10 @@ def main() -> None:
     if args.driver == "wrk" and not wrk:
         parser.error("wrk is not installed (apt-get install -y wrk)")
 
-    path, centers, made = prepare_collection(args, workdir)
+    path, ours = prepare_collection(args, workdir)
     collection = Collection.open(path)
     count = len(collection)
-    vectors, ids = make_queries(collection, centers, args.queries, args.spread)
+    vectors, ids = make_queries(collection, mixture_of(args) if ours else None, args.queries)
     queries = {
         "vector": [{"vector": list(map(float, v)), "k": K} for v in vectors],
         "id": [{"id": int(i), "k": K} for i in ids],
@@ -647,7 +647,7 @@ def main() -> None:
     if report:
         print()
         print(report)
-    if made and not args.reuse and not args.keep:
+    if not args.reuse and not args.keep:  # a collection made in a fresh workdir
         shutil.rmtree(path)
 
 
