@@ -195,6 +195,9 @@ def test_a_damaged_codes_file_is_found_and_rebuilt(tmp_path: Path, vectors: np.n
     codes_file.unlink()  # a new inode: the open collection's memory map stays intact
     codes_file.write_bytes(data[: len(data) // 2])
     assert any("IVF index" in p.what for p in collection.verify().problems)
+    fallback = Collection.open(tmp_path / "col")  # opens, and searches exactly meanwhile
+    assert fallback.stats().index == "flat"
+    assert fallback.search(vector=vectors[9], k=1)[0].id == 9
     collection.verify(repair=True)
     assert not any("IVF index" in p.what for p in collection.verify().problems)
     assert Collection.open(tmp_path / "col").search(vector=vectors[9], k=1)[0].id == 9

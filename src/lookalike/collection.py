@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +37,8 @@ from .verify import VerifyReport, verify
 FORMAT_VERSION = 1
 MANIFEST = "lookalike.json"
 MAX_K = 10_000
+log = logging.getLogger("lookalike")
+
 FLAT_LIMIT = 100_000  # live images above which an IVF index is trained
 UPLOADS = "uploads"
 
@@ -554,7 +557,18 @@ class Collection:
 
 
 def _open_index(path: Path, vectors: Any) -> VectorIndex:
-    return IvfIndex(path, vectors) if has_ivf(path) else FlatIndex(vectors)
+    if not has_ivf(path):
+        return FlatIndex(vectors)
+    try:
+        return IvfIndex(path, vectors)
+    except Exception as error:  # a damaged index fails in many ways inside Faiss
+        log.warning(
+            "the IVF index of %s cannot be read (%s): searching exactly until "
+            "`lookalike verify --repair` rebuilds it",
+            path,
+            error,
+        )
+        return FlatIndex(vectors)
 
 
 def _hit(row: Any, score: float) -> Hit:
