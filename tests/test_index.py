@@ -142,7 +142,7 @@ def test_vectors_only_collections_refuse_models_and_bad_vectors(tmp_path: Path) 
         collection.search(vector=[1.0] * (DIM - 1))
 
 
-@pytest.mark.parametrize(("budget", "codec"), [(N * DIM, "SQ8"), (0, f"PQ{DIM // 4}")])
+@pytest.mark.parametrize(("budget", "codec"), [(N * DIM, "SQ8"), (0, f"PQ{DIM // 4}np")])
 def test_past_the_memory_budget_candidates_are_ranked_by_compact_codes(
     tmp_path: Path, vectors: np.ndarray, budget: int, codec: str
 ) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import BadInputError
 from .index import RunningTopK
-from .rerank import Codes, choose_codec, rerank
+from .rerank import EXACT_TAILS, Codes, choose_codec, rerank
 from .store import VectorShards
 
 INDEX_DIR = "index"
@@ -51,6 +51,7 @@ class IvfParams:
     built: str
     rerank_codec: str = ""  # "": re-rank from the float32 shards; else a Faiss codec
     codes: str = ""  # stem of the codec and codes files of that codec
+    exact_per_result: int = 2  # with codes: candidates re-scored exactly, per result
 
     @property
     def file(self) -> str:
@@ -122,7 +123,8 @@ class IvfIndex:
             with self.lock:
                 _, more = self.delta.search(queries, depth, params=options)
             ids = np.concatenate([ids, more], axis=1)
-        return rerank(self.vectors, self.codes, queries, ids, k, count)
+        tail = self.params.exact_per_result
+        return rerank(self.vectors, self.codes, queries, ids, k, count, tail)
 
     def _search_subset(
         self, queries: np.ndarray, k: int, count: int, allowed: np.ndarray
@@ -130,7 +132,8 @@ class IvfIndex:
         """Score every allowed id (a selective filter): never misses a match."""
         ids = np.flatnonzero(allowed[:count])
         candidates = np.broadcast_to(ids, (len(queries), len(ids)))
-        return rerank(self.vectors, self.codes, queries, candidates, k, count)
+        tail = self.params.exact_per_result
+        return rerank(self.vectors, self.codes, queries, candidates, k, count, tail)
 
     def save(self) -> None:
         """Write the delta into a new index file, so the next open starts current."""
@@ -186,7 +189,7 @@ def build_ivf(
 ) -> IvfParams:
     """Train an IVF index on a sample of live vectors, add all, tune, and save it.
 
-    ``memory_budget`` (bytes, default half the RAM) bounds the re-rank data: past it the
+    ``memory_budget`` (bytes, default a quarter of the RAM) bounds the re-rank data: past it the
     index keeps compact codes for re-ranking instead of reading the float32 shards.
     """
     import faiss
@@ -224,7 +227,7 @@ def build_ivf(
             truth.add(scores, np.broadcast_to(ids, scores.shape))
     if codes is not None:
         codes.commit(count)
-    nprobe, rerank_depth, recall = _tune(
+    nprobe, rerank_depth, tail, recall = _tune(
         index, vectors, codes, count, live, queries, truth.result()[1], target_recall
     )
     params = IvfParams(
@@ -239,6 +242,7 @@ def build_ivf(
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         codec,
         stem,
+        tail,
     )
     _save(directory / INDEX_DIR, index, params, empty)
     return params
@@ -273,25 +277,40 @@ def _tune(
     queries: np.ndarray,
     truth: np.ndarray,
     target: float,
-) -> tuple[int, int, float]:
-    """Smallest (nprobe, rerank) reaching ``target`` recall@20 on the held-out queries."""
+) -> tuple[int, int, int, float]:
+    """Smallest (nprobe, rerank depth), then exact tail, reaching ``target`` recall@20 on the
+    held-out queries; the best found when none does."""
     import faiss
 
     bitmap = np.packbits(live[:count], bitorder="little")
     selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(bitmap))
-    best = (1, 1, 0.0)
     nlist = index.nlist  # type: ignore[attr-defined]
+
+    def recall_at(nprobe: int, depth: int, tail: int) -> float:
+        options = _search_options(nlist, nprobe, selector)
+        _, ids = index.search(queries, TUNE_K * depth, params=options)  # type: ignore[attr-defined]
+        return _recall(rerank(vectors, codes, queries, ids, TUNE_K, count, tail)[1], truth)
+
+    best = (1, 1, 0.0)
+    widest = EXACT_TAILS[-1]
     for nprobe in [n for n in (4, 8, 16, 32, 64, 128, 256, 512) if n <= nlist] or [nlist]:
         for depth in (2, 4, 8, 16, 32):
-            options = _search_options(nlist, nprobe, selector)
-            _, ids = index.search(queries, TUNE_K * depth, params=options)  # type: ignore[attr-defined]
-            _, found = rerank(vectors, codes, queries, ids, TUNE_K, count)
-            recall = _recall(found, truth)
+            recall = recall_at(nprobe, depth, widest)
             if recall > best[2]:
                 best = (nprobe, depth, recall)
             if recall >= target:
-                return nprobe, depth, recall
-    return best
+                break
+        else:
+            continue
+        break
+    nprobe, depth, recall = best
+    if codes is None:
+        return nprobe, depth, widest, recall
+    for tail in EXACT_TAILS[:-1]:  # every exact re-score may be a disk read: as few as reach
+        narrow = recall_at(nprobe, depth, tail)
+        if narrow >= min(target, recall):
+            return nprobe, depth, tail, narrow
+    return nprobe, depth, widest, recall
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:

@@ -20,24 +20,28 @@ from pathlib import Path
 import numpy as np
 
 from .index import _pad, _top_k
-from .store import VectorShards
+from .store import VectorShards, gather
 
-# Candidates ranked by codes that are re-scored exactly, per result: 8-bit scalar codes keep
-# the order nearly exact, PQ codes need a deeper exact tail (measured on clustered vectors:
-# recall@20 1.0 at 2 for SQ8, 0.74 at 2 and 1.0 at 8 for PQ with 4-d sub-vectors).
-EXACT_PER_RESULT = {"SQ": 2, "PQ": 8}
-RAM_SHARE = 0.5  # of physical memory the re-rank data may take in the page cache
+# Candidates ranked by codes and re-scored exactly, per result: tuned at build time, since
+# it depends on the data (on clustered low-rank vectors 1 is nearly enough for SQ8 and 2 for
+# PQ; on isotropic noise PQ needs 8).
+EXACT_TAILS = (1, 2, 4, 8)
+TRAIN_MAX = 65_536  # 256 points per 8-bit centroid: plenty for a codec
+# Of physical memory, what the re-rank data may take in the page cache, which must also hold
+# the rows and the exact re-scores' reads: at 20 M x 512-d on 23 GiB, 10 GB of SQ8 codes
+# (45%) were evicted by those reads and searches stalled for 300-700 ms.
+RAM_SHARE = 0.25
 
 
 def choose_codec(count: int, dim: int, memory_budget: int | None = None) -> str:
     """Re-rank data for ``count`` vectors: "" (the float32 shards) while they fit the budget,
-    else 8-bit scalar codes ("SQ8", dim bytes), else 8-bit PQ ("PQ{dim/4}", dim/4 bytes)."""
+    else 8-bit scalar codes ("SQ8", dim bytes), else 8-bit PQ ("PQ{dim/4}np", dim/4 bytes)."""
     budget = _default_budget() if memory_budget is None else memory_budget
     if count * dim * 4 <= budget:
         return ""
     if count * dim <= budget or dim % 4:
         return "SQ8"
-    return f"PQ{dim // 4}"
+    return f"PQ{dim // 4}np"  # np: no polysemous training (minutes, and useless for decoding)
 
 
 def _default_budget() -> int:
@@ -53,7 +57,6 @@ class Codes:
         self.stem = stem
         self.codec = faiss.read_index(str(stem.with_suffix(".codec")))
         self.code_size = int(self.codec.sa_code_size())
-        self.exact_per_result = EXACT_PER_RESULT["PQ" if _is_pq(self.codec) else "SQ"]
         self.rows = 0
         self.codes = np.zeros((0, self.code_size), dtype=np.uint8)
         self.extend(rows)
@@ -65,7 +68,7 @@ class Codes:
         import faiss
 
         codec = faiss.index_factory(sample.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-        codec.train(np.ascontiguousarray(sample, dtype=np.float32))
+        codec.train(np.ascontiguousarray(sample[:TRAIN_MAX], dtype=np.float32))
         faiss.write_index(codec, str(stem.with_suffix(".codec")))
         stem.with_suffix(".codes").write_bytes(b"")
         return Codes(stem, 0)
@@ -83,6 +86,7 @@ class Codes:
         with open(self.stem.with_suffix(".codes"), "rb") as handle:
             mapped = mmap.mmap(handle.fileno(), rows * self.code_size, access=mmap.ACCESS_READ)
         mapped.madvise(mmap.MADV_RANDOM)  # re-rank reads are scattered: no read-ahead
+        self.mapped = mapped
         self.codes = np.frombuffer(mapped, dtype=np.uint8).reshape(rows, self.code_size)
         self.rows = rows
 
@@ -109,7 +113,7 @@ class Codes:
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """Approximate vectors of the given ids (each < rows)."""
-        return self.codec.sa_decode(np.ascontiguousarray(self.codes[ids]))
+        return self.codec.sa_decode(gather(self.mapped, self.codes, ids))
 
 
 def rerank(
@@ -119,11 +123,14 @@ def rerank(
     candidates: np.ndarray,
     k: int,
     count: int,
+    exact_per_result: int = EXACT_TAILS[-1],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The best k of each query's candidate ids (-1 = none) with exact scores, best first."""
+    """The best k of each query's candidate ids (-1 = none) with exact scores, best first.
+
+    With ``codes``, the best ``k * exact_per_result`` by their codes are re-scored exactly."""
     if codes is not None:
         approx = _scores(queries, candidates, lambda ids: _decode(codes, vectors, ids, count))
-        approx, candidates = _top_k(approx, candidates, k * codes.exact_per_result)
+        approx, candidates = _top_k(approx, candidates, k * exact_per_result)
         candidates = np.where(np.isfinite(approx), candidates, -1)
     cold = codes is not None  # the shards outgrow the page cache: fetch rows in parallel
     exact = _scores(queries, candidates, lambda ids: vectors.get(ids, count, prefetch=cold))
@@ -142,12 +149,6 @@ def _read_ahead(path: Path) -> None:
             os.close(descriptor)
 
     threading.Thread(target=read, name="lookalike-read-ahead", daemon=True).start()
-
-
-def _is_pq(codec: object) -> bool:
-    import faiss
-
-    return isinstance(codec, faiss.IndexPQ)
 
 
 def _decode(codes: Codes, vectors: VectorShards, ids: np.ndarray, count: int) -> np.ndarray:

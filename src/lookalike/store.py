@@ -168,29 +168,16 @@ class VectorShards:
             yield start, self._map(shard, min(SHARD_ROWS, count - start))
 
     def get(self, ids: Sequence[int], count: int, *, prefetch: bool = False) -> np.ndarray:
-        """Vectors of the given ids (each < count), in order.
-
-        ``prefetch`` first asks the kernel for every row's page at once, so rows not in the
-        page cache are read in parallel rather than one page fault after another (2-3x
-        faster cold; a wasted system call per row when they are cached).
-        """
+        """Vectors of the given ids (each < count), in order; ``prefetch``: see :func:`gather`
+        (for shards that outgrow the page cache)."""
         wanted = np.asarray(ids, dtype=np.int64)
         out = np.empty((len(wanted), self.dim), dtype=np.float32)
         shards = wanted // SHARD_ROWS
-        row_bytes = self.dim * 4
         for shard in np.unique(shards):
             where = np.flatnonzero(shards == shard)
             rows = wanted[where] - int(shard) * SHARD_ROWS
             mapped, block = self._scattered_map(int(shard), int(rows.max()) + 1)
-            if not prefetch:
-                out[where] = block[rows]
-                continue
-            for start in range(0, len(rows), PREFETCH_BATCH):
-                batch = rows[start : start + PREFETCH_BATCH]
-                starts, ends = batch * row_bytes, (batch + 1) * row_bytes - 1
-                for page in np.unique(np.concatenate([starts, ends]) // PAGE):
-                    mapped.madvise(mmap.MADV_WILLNEED, int(page) * PAGE, PAGE)
-                out[where[start : start + PREFETCH_BATCH]] = block[batch]
+            out[where] = gather(mapped, block, rows) if prefetch else block[rows]
         return out
 
     def _scattered_map(self, shard: int, rows: int) -> tuple[mmap.mmap, np.ndarray]:
@@ -204,6 +191,21 @@ class VectorShards:
             cached = (mapped, np.frombuffer(mapped, dtype=np.float32).reshape(whole, self.dim))
             self._scattered[shard] = cached
         return cached
+
+
+def gather(mapped: mmap.mmap, block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``block[rows]`` of an array over ``mapped``, first asking the kernel for every row's
+    pages, so the ones not in the page cache are read in parallel rather than one page fault
+    after another (2-3x faster cold; a wasted system call per page when they are cached)."""
+    out = np.empty((len(rows), *block.shape[1:]), dtype=block.dtype)
+    row_bytes = block.strides[0]
+    for start in range(0, len(rows), PREFETCH_BATCH):
+        batch = rows[start : start + PREFETCH_BATCH]
+        edges = np.concatenate([batch * row_bytes, (batch + 1) * row_bytes - 1])
+        for page in np.unique(edges // PAGE):
+            mapped.madvise(mmap.MADV_WILLNEED, int(page) * PAGE, PAGE)
+        out[start : start + len(batch)] = block[batch]
+    return out
 
 
 class Store:
