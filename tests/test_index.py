@@ -161,9 +161,10 @@ def test_past_the_memory_budget_candidates_are_ranked_by_compact_codes(
     recall = np.mean([len({h.id for h in f} & t) / 20 for f, t in zip(found, truth, strict=True)])
     assert recall >= 0.9
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    for hit in found[0]:  # scores are exact, not decoded from the codes
+    tolerance = 1e-5 if params.exact_per_result else 2e-2  # exact, or decoded from the codes
+    for hit in found[0]:
         assert hit.score == pytest.approx(
-            float(unit[hit.id] @ queries[0]) / np.linalg.norm(queries[0]), abs=1e-5
+            float(unit[hit.id] @ queries[0]) / np.linalg.norm(queries[0]), abs=tolerance
         )
     # a selective filter scores every match, still returning k
     allowed = np.array([i % 50 == 3 for i in range(N)])

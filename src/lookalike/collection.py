@@ -243,7 +243,7 @@ class Collection:
 
         ``auto`` picks exact search below ``FLAT_LIMIT`` live images and a trained IVF index
         above; ``ivf`` retrains even a small collection; ``flat`` drops any trained index.
-        ``memory_budget`` (bytes; default a quarter of the RAM) bounds the IVF index's re-rank data:
+        ``memory_budget`` (bytes; default half the RAM) bounds the IVF index's re-rank data:
         past it, compact codes stand in for the full vectors.
         """
         if kind not in {"auto", "flat", "ivf"}:

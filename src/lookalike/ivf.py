@@ -51,7 +51,7 @@ class IvfParams:
     built: str
     rerank_codec: str = ""  # "": re-rank from the float32 shards; else a Faiss codec
     codes: str = ""  # stem of the codec and codes files of that codec
-    exact_per_result: int = 2  # with codes: candidates re-scored exactly, per result
+    exact_per_result: int = 2  # with codes: candidates re-scored exactly, per result (0: none)
 
     @property
     def file(self) -> str:
@@ -189,7 +189,7 @@ def build_ivf(
 ) -> IvfParams:
     """Train an IVF index on a sample of live vectors, add all, tune, and save it.
 
-    ``memory_budget`` (bytes, default a quarter of the RAM) bounds the re-rank data: past it the
+    ``memory_budget`` (bytes, default half the RAM) bounds the re-rank data: past it the
     index keeps compact codes for re-ranking instead of reading the float32 shards.
     """
     import faiss
@@ -306,7 +306,7 @@ def _tune(
     nprobe, depth, recall = best
     if codes is None:
         return nprobe, depth, widest, recall
-    for tail in EXACT_TAILS[:-1]:  # every exact re-score may be a disk read: as few as reach
+    for tail in EXACT_TAILS[:-1]:  # every exact re-score may be a disk read: as few as reach,
         narrow = recall_at(nprobe, depth, tail)
         if narrow >= min(target, recall):
             return nprobe, depth, tail, narrow

@@ -24,13 +24,14 @@ from .store import VectorShards, gather
 
 # Candidates ranked by codes and re-scored exactly, per result: tuned at build time, since
 # it depends on the data (on clustered low-rank vectors 1 is nearly enough for SQ8 and 2 for
-# PQ; on isotropic noise PQ needs 8).
-EXACT_TAILS = (1, 2, 4, 8)
+# PQ; on isotropic noise PQ needs 8). 0: the codes' scores are the answer (SQ8 within ~1e-3),
+# and a search reads nothing from disk, which matters on disks that serve a few hundred
+# random reads per second (this machine's, once its burst credit was spent).
+EXACT_TAILS = (0, 1, 2, 4, 8)
 TRAIN_MAX = 65_536  # 256 points per 8-bit centroid: plenty for a codec
-# Of physical memory, what the re-rank data may take in the page cache, which must also hold
-# the rows and the exact re-scores' reads: at 20 M x 512-d on 23 GiB, 10 GB of SQ8 codes
-# (45%) were evicted by those reads and searches stalled for 300-700 ms.
-RAM_SHARE = 0.25
+# Of physical memory, what the re-rank data may take in the page cache (which must also hold
+# the hot rows and the index's own files).
+RAM_SHARE = 0.5
 
 
 def choose_codec(count: int, dim: int, memory_budget: int | None = None) -> str:
@@ -127,9 +128,12 @@ def rerank(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The best k of each query's candidate ids (-1 = none) with exact scores, best first.
 
-    With ``codes``, the best ``k * exact_per_result`` by their codes are re-scored exactly."""
+    With ``codes``, the best ``k * exact_per_result`` by their codes are re-scored exactly;
+    with ``exact_per_result`` 0 the codes' scores are returned."""
     if codes is not None:
         approx = _scores(queries, candidates, lambda ids: _decode(codes, vectors, ids, count))
+        if exact_per_result == 0:
+            return _pad(*_top_k(approx, candidates, k), k)
         approx, candidates = _top_k(approx, candidates, k * exact_per_result)
         candidates = np.where(np.isfinite(approx), candidates, -1)
     cold = codes is not None  # the shards outgrow the page cache: fetch rows in parallel
