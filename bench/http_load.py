@@ -119,7 +119,8 @@ def prepare_collection(args: argparse.Namespace, workdir: Path) -> tuple[Path, b
     ours = not (path / "lookalike.json").exists() or (path / "bench.json").exists()
     if ours:  # filled, or reused when an earlier run filled it with the same recipe
         print(f"filling {path} with {args.n:,} vectors (reused if filled) ...", flush=True)
-        seconds = fill(path, args.n, mixture_of(args), mixture_of(args).model(0))
+        mixture = mixture_of(args)
+        seconds = fill(path, args.n, mixture, mixture.model(0))
         print(f"  filled in {seconds:.0f} s", flush=True)
     collection = Collection.open(path)
     if collection.index.kind != "ivf":

@@ -291,18 +291,15 @@ def _tune(
         _, ids = index.search(queries, TUNE_K * depth, params=options)  # type: ignore[attr-defined]
         return _recall(rerank(vectors, codes, queries, ids, TUNE_K, count, tail)[1], truth)
 
+    nprobes = [n for n in (4, 8, 16, 32, 64, 128, 256, 512) if n <= nlist] or [nlist]
     best = (1, 1, 0.0)
     widest = EXACT_TAILS[-1]
-    for nprobe in [n for n in (4, 8, 16, 32, 64, 128, 256, 512) if n <= nlist] or [nlist]:
-        for depth in (2, 4, 8, 16, 32):
-            recall = recall_at(nprobe, depth, widest)
-            if recall > best[2]:
-                best = (nprobe, depth, recall)
-            if recall >= target:
-                break
-        else:
-            continue
-        break
+    for nprobe, depth in [(n, d) for n in nprobes for d in (2, 4, 8, 16, 32)]:
+        recall = recall_at(nprobe, depth, widest)
+        if recall > best[2]:
+            best = (nprobe, depth, recall)
+        if recall >= target:
+            break
     nprobe, depth, recall = best
     if codes is None:
         return nprobe, depth, widest, recall
