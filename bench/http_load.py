@@ -123,7 +123,7 @@ def prepare_collection(args: argparse.Namespace, workdir: Path) -> tuple[Path, b
         seconds = fill(path, args.n, mixture, mixture.model(0))
         print(f"  filled in {seconds:.0f} s", flush=True)
     collection = Collection.open(path)
-    if collection.index.kind != "ivf":
+    if collection.backend.index.kind != "ivf":
         print("building the IVF index ...", flush=True)
         started = time.perf_counter()
         collection.rebuild_index("ivf")
@@ -141,12 +141,12 @@ def make_queries(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(held-out query vectors, random live ids)."""
     rng = np.random.default_rng(1)
-    view = collection.store.view()
+    view = collection.backend.store.view()
     live = np.flatnonzero(~view.deleted[: view.count])
     if mixture is not None:
         vectors = mixture.draw(rng, mixture.model(0), count)
     else:  # someone else's collection: perturbed stored vectors
-        picked = collection.store.vectors.get(np.sort(rng.choice(live, count)), view.count)
+        picked = collection.backend.store.vectors.get(np.sort(rng.choice(live, count)), view.count)
         vectors = picked + rng.normal(0, 0.01, picked.shape).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors, rng.choice(live, count)
@@ -228,8 +228,8 @@ def stages(collection: Collection, bodies: list[str], repeat: int = 200) -> list
     from lookalike.server.app import _hit_body
     from lookalike.server.schemas import SearchBody, SearchResponse
 
-    index = collection.index
-    count = collection.store.view().count
+    index = collection.backend.index
+    count = collection.backend.store.view().count
     depth = K * getattr(getattr(index, "params", None), "rerank", 1)
     rng = np.random.default_rng(2)
     timings: dict[str, list[float]] = {}
@@ -246,20 +246,20 @@ def stages(collection: Collection, bodies: list[str], repeat: int = 200) -> list
             body.model_dump(include={"vector"}, exclude_none=True)  # as the route does
         vector = np.asarray(body.vector, dtype=np.float32)
         with step("store.view + allowed mask"):
-            allowed = collection._allowed(collection.store.view(), None, [])
+            allowed = collection.backend._allowed(None, [])
         with step("index.search (Faiss IVF + re-rank)"):
             index.search(vector[None], K, count, allowed)
         candidates = np.sort(rng.choice(count, depth, replace=False))
         with step(f"  of which VectorShards.get of {depth} candidates (random ids)"):
-            collection.store.vectors.get(candidates, count)
+            collection.backend.store.vectors.get(candidates, count)
         with step("  the same rows by one fancy index per shard (what-if)"):
-            for start, block in collection.store.vectors.chunks(count):
+            for start, block in collection.backend.store.vectors.chunks(count):
                 inside = candidates[(candidates >= start) & (candidates < start + len(block))]
                 np.asarray(block)[inside - start]
         with step("Collection.search, all of it"):
             hits = collection.search(vector=vector, k=K)
         with step("  of which Store.rows of the 20 hits"):
-            collection.store.rows([hit.id for hit in hits])
+            collection.backend.store.rows([hit.id for hit in hits])
         with step("response (HitBody x 20, validate, JSON)"):
             answer = SearchResponse(
                 results=[_hit_body(NAME, hit) for hit in hits], took_ms=1.0, model="m"
@@ -408,9 +408,8 @@ CATEGORIES: list[tuple[str, str, str | None]] = [
     ("_select", "lookalike/store.py", None),  # helpers: their caller names the category
     ("get", "lookalike/store.py", None),
     ("_map", "lookalike/store.py", None),
-    ("", "lookalike/ivf.py", "index search (Faiss IVF + exact re-rank)"),
-    ("", "lookalike/index.py", "index search (Faiss IVF + exact re-rank)"),
-    ("_allowed", "lookalike/collection.py", "allowed mask + view (O(n) per query)"),
+    ("", "lookalike/index/", "index search (Faiss IVF + exact re-rank)"),
+    ("_allowed", "lookalike/backends/embedded.py", "allowed mask + view (O(n) per query)"),
     ("refresh", "lookalike/store.py", "allowed mask + view (O(n) per query)"),
     ("view", "lookalike/store.py", "allowed mask + view (O(n) per query)"),
     ("rows", "lookalike/store.py", "row lookup (SQLite)"),
@@ -422,7 +421,7 @@ CATEGORIES: list[tuple[str, str, str | None]] = [
     ("serialize_response", "fastapi/routing.py", "response (hits -> pydantic -> JSON)"),
     ("render", "starlette/responses.py", "response (hits -> pydantic -> JSON)"),
     ("", "lookalike/server/bodies.py", "request (JSON parse + pydantic validate)"),
-    ("_search_body", "lookalike/server/app.py", "request (JSON parse + pydantic validate)"),
+    ("_search_query", "lookalike/server/app.py", "request (JSON parse + Query validation)"),
     ("_run_search", "lookalike/server/app.py", "request (JSON parse + pydantic validate)"),
     ("", "lookalike/query.py", "query vector + hits (collection glue)"),
     ("", "lookalike/collection.py", "query vector + hits (collection glue)"),
@@ -569,7 +568,7 @@ def main() -> None:
         "vector": [{"vector": list(map(float, v)), "k": K} for v in vectors],
         "id": [{"id": int(i), "k": K} for i in ids],
     }
-    for _, block in collection.store.vectors.chunks(count):  # map every page: steady state
+    for _, block in collection.backend.store.vectors.chunks(count):  # map every page: steady state
         float(block[:, 0].sum())
     raw = [json.dumps(b) for b in queries["vector"]]
     steps = stages(collection, raw)

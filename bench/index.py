@@ -78,7 +78,7 @@ def fill(path: Path, n: int, mixture: Mixture, model: tuple[np.ndarray, np.ndarr
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     collection = Collection.create(path, f"vectors:{DIM}")
-    collection.auto_index = False
+    collection.backend.auto_index = False
     chunk = 200_000
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
@@ -133,7 +133,7 @@ col = Collection.open(sys.argv[1])
 open_s = time.perf_counter() - started
 for q in queries:
     col.search(vector=q, k=20)
-print(json.dumps({"anon_bytes": anon() - before, "kind": col.index.kind, "open_s": open_s}))
+print(json.dumps({"anon_bytes": anon() - before, "kind": col.backend.index.kind, "open_s": open_s}))
 """
 
 
@@ -188,20 +188,20 @@ def main() -> None:
         print(f"filled {path} in {fill_s:.0f} s")
         return
     collection = Collection.open(path)
-    collection.auto_index = False
+    collection.backend.auto_index = False
     queries = mixture.draw(np.random.default_rng(1), model, args.queries)
 
     timed = mixture.draw(np.random.default_rng(2), model, args.queries)  # not batch-warmed
     rows = []
     collection.rebuild_index("flat")  # a reused collection may hold the last run's index
-    count = collection.store.count
+    count = collection.backend.store.count
     truth_file = path / f"bench-truth-{args.queries}.npz"  # exact answers of a reused fill
     if truth_file.exists():
         saved = np.load(truth_file)
         truth, flat_qps = saved["truth"], float(saved["qps"])
     else:
         started = time.perf_counter()
-        _, truth = collection.index.search(queries, K, count, None)
+        _, truth = collection.backend.index.search(queries, K, count, None)
         flat_qps = len(queries) / (time.perf_counter() - started)
         np.savez(truth_file, truth=truth, qps=flat_qps)
     log("exact truth done")
@@ -220,7 +220,7 @@ def main() -> None:
         started = time.perf_counter()
         collection.rebuild_index("ivf", memory_budget=BUDGETS[variant](args.n))
         build_s = time.perf_counter() - started
-        ivf = collection.index
+        ivf = collection.backend.index
         params = ivf.params
         started = time.perf_counter()
         _, found = ivf.search(queries, K, count, None)

@@ -24,7 +24,18 @@ from PIL import Image
 
 import lookalike
 from conftest import encode
-from lookalike import APIError, AsyncClient, Client, Collection, Hit, Item, LookalikeError
+from lookalike import (
+    APIError,
+    AsyncClient,
+    BadInputError,
+    Client,
+    Collection,
+    Hit,
+    IngestReport,
+    Item,
+    LookalikeError,
+    Query,
+)
 from lookalike.demo import draw_image
 
 KEY = "s3cret-key"
@@ -211,9 +222,10 @@ def test_add_search_remove(client: Client, server: Server, tmp_path: Path) -> No
     second.write_bytes(encode(draw_image(501, (50, 70)), "JPEG"))
     before = client.collections()[0]["count"]
     report = client.add("photos", [first, str(second)], metadata=[{"tag": "a"}, {"tag": "b"}])
-    assert report["added"] == 2 and report["failed"] == []
-    new_ids = [entry["id"] for entry in report["items"]]
-    assert [entry["metadata"] for entry in report["items"]] == [{"tag": "a"}, {"tag": "b"}]
+    assert isinstance(report, IngestReport)
+    assert report.added == 2 and report.failed == []
+    new_ids = list(report.ids)
+    assert [client.get("photos", i).metadata for i in new_ids] == [{"tag": "a"}, {"tag": "b"}]
     assert client.collections()[0]["count"] == before + 2
     hit = client.search("photos", image=second, k=1)[0]
     assert hit.id == new_ids[1] and hit.metadata == {"tag": "b"}
@@ -223,15 +235,47 @@ def test_add_search_remove(client: Client, server: Server, tmp_path: Path) -> No
     pil = draw_image(502, (40, 40))
     raw = encode(draw_image(503, (44, 44)))
     uploaded = client.add("photos", [pil, raw])
-    assert uploaded["added"] == 2
-    assert client.search("photos", image=raw, k=1)[0].id == uploaded["items"][1]["id"]
-    new_ids += [entry["id"] for entry in uploaded["items"]]
+    assert uploaded.added == 2
+    assert client.search("photos", image=raw, k=1)[0].id == uploaded.ids[1]
+    new_ids += uploaded.ids
     for item in new_ids:
         assert client.remove("photos", item) == 1
     with pytest.raises(APIError) as caught:
         client.get("photos", new_ids[0])
     assert caught.value.status == 404
     assert new_ids[1] not in [h.id for h in client.search("photos", image=second, k=100)]
+
+
+def test_collection_handle_mirrors_the_library(
+    client: Client, server: Server, tmp_path: Path
+) -> None:
+    """client.collection(name) takes Collection's arguments and gives Collection's types."""
+    photos = client.collection("photos")
+    a, b = server.ids[1], server.ids[4]
+    hits = photos.search(id=[a, b], k=5, filter={"split": "train"})  # "more like these"
+    with Collection.open(server.collection) as col:
+        local = col.search(id=[a, b], k=5, filter={"split": "train"})
+        assert [h.id for h in hits] == [h.id for h in local]
+        assert all(isinstance(h, Hit) for h in hits)
+        query = Query.build(text="a red circle", k=3, exclude_ids=[a])
+        assert [h.id for h in photos.search(query)] == [h.id for h in col.search(query)]
+    assert photos.get(a) == client.get("photos", a)
+    added = tmp_path / "handle.png"
+    added.write_bytes(encode(draw_image(700, (40, 30))))
+    report = photos.add_images([added], metadata=[{"via": "handle"}])
+    assert isinstance(report, IngestReport) and report.added == 1 and len(report.ids) == 1
+    assert photos.get(report.ids[0]).metadata == {"via": "handle"}
+    assert photos.remove(report.ids) == 1
+
+    async def asynchronous() -> None:
+        async with AsyncClient(server.url, KEY) as remote:
+            handle = remote.collection("photos")
+            assert [
+                h.id for h in await handle.search(id=[a, b], k=5, filter={"split": "train"})
+            ] == [h.id for h in hits]
+            assert (await handle.get(a)).id == a
+
+    asyncio.run(asynchronous())
 
 
 def test_errors_raise_api_error(client: Client, server: Server) -> None:
@@ -250,9 +294,10 @@ def test_errors_raise_api_error(client: Client, server: Server) -> None:
     with pytest.raises(APIError) as caught:
         client.search("photos", vector=[1.0, 2.0])
     assert (caught.value.status, caught.value.code) == (400, "model_mismatch")
-    with pytest.raises(APIError) as caught:
-        client.search("photos", text="x", id=1)
-    assert (caught.value.status, caught.value.code) == (422, "invalid_body")
+    # kinds combine over HTTP as in the library; a bad query is refused before it is sent
+    assert client.search("photos", text="x", id=server.ids[1], k=3)
+    with pytest.raises(BadInputError, match="k must be"):
+        client.search("photos", text="x", k=0)
     with pytest.raises(APIError) as caught:
         client.search("photos", image=b"not an image at all")
     assert (caught.value.status, caught.value.code) == (415, "bad_image")
@@ -320,7 +365,7 @@ def test_async_client(server: Server, tmp_path: Path) -> None:
             item = await client.get("photos", server.ids[9])
             assert item.metadata == {"n": 9, "split": "test"}
             report = await client.add("photos", [new], metadata=[{"via": "async"}])
-            new_id = report["items"][0]["id"]
+            new_id = report.ids[0]
             assert (await client.search("photos", image=new, k=1))[0].id == new_id
             assert await client.remove("photos", new_id) == 1
             try:

@@ -542,13 +542,22 @@ def test_remove_by_id_and_by_path(make_col, image_folder, monkeypatch: pytest.Mo
     assert col.remove(paths=[os.path.relpath(files[2], folder)]) == 1
     assert len(col) == 6
     assert col.stats().deleted == 3
-    assert col.remove(ids=[by_id.id]) == 0  # already gone
+    with pytest.raises(NotFoundError, match=rf"\b{by_id.id}\b"):  # already gone: named
+        col.remove(ids=[by_id.id])
     with pytest.raises(NotFoundError, match=r"nothing-here\.png"):
         col.remove(paths=[folder / "nothing-here.png"])
     with pytest.raises(NotFoundError):
         col.remove(paths=[files[1]])
 
-    gone = {by_id.id, by_path.id, by_relative.id}
+    survivor = col.lookup(files[3])
+    with pytest.raises(NotFoundError, match="999"):  # one unknown id: nothing is removed
+        col.remove([survivor.id, 999])
+    assert col.get(survivor.id) == survivor
+    assert col.remove(survivor.id) == 1  # a single id, not only a list
+    with pytest.raises(BadInputError, match="integers"):
+        col.remove(["3"])
+
+    gone = {by_id.id, by_path.id, by_relative.id, survivor.id}
     for vector in vectors:
         assert gone.isdisjoint(h.id for h in col.search(vector=vector, k=100))
     assert gone.isdisjoint(h.id for h in col.search(text="anything", k=100))
@@ -558,7 +567,7 @@ def test_remove_by_id_and_by_path(make_col, image_folder, monkeypatch: pytest.Mo
             col.get(removed)
     col.close()
     with Collection.open(col.path) as again:
-        assert len(again) == 6
+        assert len(again) == 5
         assert gone.isdisjoint(h.id for h in again.search(vector=vectors[0], k=100))
 
 

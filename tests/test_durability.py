@@ -106,13 +106,13 @@ def test_a_second_writer_waits_then_fails_clearly(
     spec, weights = tiny_clip
     first = Collection.create(tmp_path / "col", spec, weights=weights)
     second = Collection.open(tmp_path / "col")
-    with first.store.writing():
+    with first.backend.store.writing():
         started = time.monotonic()
         with pytest.raises(CollectionError, match="being written"):
-            second.store.lock(timeout=0.3)
+            second.backend.store.lock(timeout=0.3)
         assert time.monotonic() - started >= 0.3
-    second.store.lock(timeout=1)  # free again
-    second.store.unlock()
+    second.backend.store.lock(timeout=1)  # free again
+    second.backend.store.unlock()
 
 
 def test_readers_see_each_commit_while_a_writer_runs(

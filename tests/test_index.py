@@ -67,7 +67,7 @@ def test_small_collections_search_exactly(tmp_path: Path, vectors: np.ndarray) -
 
 
 def test_ivf_recall_is_tuned_and_stored(trained: Collection, vectors: np.ndarray) -> None:
-    params = trained.index.params  # type: ignore[attr-defined]
+    params = trained.backend.index.params  # type: ignore[attr-defined]
     assert params.recall_at_20 >= 0.9
     assert params.indexed_count == N
     queries = clustered(40, seed=9)
@@ -97,7 +97,7 @@ def test_adds_after_training_are_found_without_rebuild(trained: Collection) -> N
     assert trained.stats().index == "ivf"
     for i in (0, 17, 29):
         assert trained.search(vector=fresh[i], k=1)[0].id == ids[i]
-    assert trained.index.pending == 30  # type: ignore[attr-defined]
+    assert trained.backend.index.pending == 30  # type: ignore[attr-defined]
 
 
 def test_removed_rows_never_return(trained: Collection, vectors: np.ndarray) -> None:
@@ -119,14 +119,14 @@ def test_reopen_loads_the_saved_index(trained: Collection, vectors: np.ndarray) 
 def test_delta_is_persisted_and_rebuild_retrains(trained: Collection) -> None:
     fresh = clustered(50, seed=6)
     ids = trained.add_vectors(fresh, [f"d{i}" for i in range(50)])
-    trained.index.save()  # type: ignore[attr-defined]
-    assert trained.index.params.indexed_count == N + 50  # type: ignore[attr-defined]
+    trained.backend.index.save()  # type: ignore[attr-defined]
+    assert trained.backend.index.params.indexed_count == N + 50  # type: ignore[attr-defined]
     trained.close()
     reopened = Collection.open(trained.path)
-    assert reopened.index.pending == 0  # type: ignore[attr-defined]
+    assert reopened.backend.index.pending == 0  # type: ignore[attr-defined]
     assert reopened.search(vector=fresh[10], k=1)[0].id == ids[10]
     assert reopened.rebuild_index("ivf", nlist=64) == "ivf"
-    assert reopened.index.params.nlist == 64  # type: ignore[attr-defined]
+    assert reopened.backend.index.params.nlist == 64  # type: ignore[attr-defined]
     assert reopened.rebuild_index("flat") == "flat"
     assert reopened.search(vector=fresh[10], k=1)[0].id == ids[10]
 
@@ -151,10 +151,10 @@ def test_past_the_memory_budget_candidates_are_ranked_by_compact_codes(
         vectors, [f"v{i}" for i in range(N)], metadata=[{"group": i % 50} for i in range(N)]
     )
     collection.rebuild_index("ivf", nlist=32, memory_budget=budget)
-    params = collection.index.params  # type: ignore[attr-defined]
+    params = collection.backend.index.params  # type: ignore[attr-defined]
     assert params.rerank_codec == codec and params.recall_at_20 >= 0.9
     codes_file = tmp_path / "col" / "index" / f"{params.codes}.codes"
-    assert codes_file.stat().st_size == N * collection.index.codes.code_size  # type: ignore[attr-defined]
+    assert codes_file.stat().st_size == N * collection.backend.index.codes.code_size  # type: ignore[attr-defined]
     queries = clustered(30, seed=11)
     found = [collection.search(vector=q, k=20) for q in queries]
     truth = [set(exact_ids(vectors, q, 20)) for q in queries]
@@ -175,11 +175,11 @@ def test_past_the_memory_budget_candidates_are_ranked_by_compact_codes(
     fresh = clustered(40, seed=12)
     ids = collection.add_vectors(fresh, [f"new{i}" for i in range(40)])
     assert collection.search(vector=fresh[5], k=1)[0].id == ids[5]
-    collection.index.save()  # type: ignore[attr-defined]
-    assert codes_file.stat().st_size == (N + 40) * collection.index.codes.code_size  # type: ignore[attr-defined]
+    collection.backend.index.save()  # type: ignore[attr-defined]
+    assert codes_file.stat().st_size == (N + 40) * collection.backend.index.codes.code_size  # type: ignore[attr-defined]
     collection.close()
     reopened = Collection.open(tmp_path / "col")
-    assert reopened.index.codes.rows == N + 40  # type: ignore[attr-defined]
+    assert reopened.backend.index.codes.rows == N + 40  # type: ignore[attr-defined]
     assert reopened.search(vector=fresh[5], k=1)[0].id == ids[5]
     assert [h.id for h in reopened.search(vector=queries[0], k=20)] == [h.id for h in found[0]]
     # a rebuild within the budget drops the codes

@@ -165,7 +165,7 @@ def test_collections_lists_the_served_collection(api: TestClient, shared: Shared
         "count": len(shared.col),
         "model": shared.col.model,
         "dim": 32,
-        "index": shared.col.index.kind,
+        "index": shared.col.backend.index.kind,
         "supports_text": True,
     }
     assert body["count"] >= N
@@ -598,8 +598,6 @@ def test_files_outside_the_roots_are_not_served(
 @pytest.mark.parametrize(
     "body",
     [
-        {"text": "x", "id": 1},  # two kinds
-        {"id": 1, "query": [{"id": 2}]},
         {},  # none
         {"k": 3},
         {"text": "x", "k": "x"},
@@ -618,9 +616,13 @@ def test_malformed_search_bodies_are_422(api: TestClient, body: Any) -> None:
     assert_error(api, api.post(SEARCH, json=body), 422, "invalid_body")
 
 
-def test_two_kinds_error_names_them(api: TestClient) -> None:
-    error = assert_error(api, api.post(SEARCH, json={"text": "x", "id": 1}), 422)
-    assert "text" in error["message"] and "id" in error["message"]
+def test_kinds_combine_as_in_the_library(api: TestClient, shared: Shared) -> None:
+    """Top-level kinds and query parts add up to one query, as Collection.search's do."""
+    both = search(api, text="x", id=shared.ids[0], k=5)
+    parts = search(api, query=[{"text": "x"}, {"id": shared.ids[0]}], k=5)
+    mixed = search(api, text="x", query=[{"id": shared.ids[0]}], k=5)
+    assert ids_of(both) == ids_of(parts) == ids_of(mixed)
+    assert shared.ids[0] not in ids_of(both)
 
 
 def test_huge_k_is_400(api: TestClient) -> None:

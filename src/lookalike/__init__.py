@@ -7,19 +7,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     BadInputError,
     CollectionError,
     FetchError,
     ImageError,
+    InvalidQueryError,
     LookalikeError,
     ModelMismatchError,
     NotFoundError,
     UnsupportedQueryError,
 )
+from .query import Query, QueryPart
 from .types import Hit, IngestReport, Item
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .client import APIError, AsyncClient, Client
@@ -52,10 +53,13 @@ __all__ = [
     "Hit",
     "ImageError",
     "IngestReport",
+    "InvalidQueryError",
     "Item",
     "LookalikeError",
     "ModelMismatchError",
     "NotFoundError",
+    "Query",
+    "QueryPart",
     "UnsupportedQueryError",
     "__version__",
 ]

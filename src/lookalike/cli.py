@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import BadInputError, LookalikeError
+from .query import Query
 
 app = typer.Typer(
     add_completion=False,
@@ -190,32 +191,26 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the images most similar to the query: rank, score, id, path."""
-    query: dict[str, Any] = {
-        "text": text,
-        "url": url,
-        "vector": _read_vector(vector) if vector else None,
-    }
-    if image is not None:
-        query["image"] = _read_file(image)
-    options: dict[str, Any] = {
-        "k": k,
-        "filter": _parse_filters(filter or []),
-        "exclude_ids": exclude_id or [],
-        "dedupe": dedupe,
-        "include_self": include_self,
-    }
+    query = Query.build(
+        text=text,
+        url=url,
+        image=_read_file(image) if image is not None else None,
+        id=id or None,
+        vector=_read_vector(vector) if vector else None,
+        k=k,
+        filter=_parse_filters(filter or []),
+        exclude_ids=exclude_id or [],
+        dedupe=dedupe,
+        include_self=include_self,
+    )
     if server:
         from .client import Client
 
-        if id and len(id) > 1:
-            query["query"] = [{"id": i} for i in id]
-        else:
-            query["id"] = id[0] if id else None
         with Client(server, api_key) as remote:
-            hits = remote.search(str(collection), **query, **options)
+            hits = remote.search(str(collection), query)
     else:
         with _open(collection, allow_private_urls, runtime) as col:
-            hits = col.search(**query, id=id or None, **options)
+            hits = col.search(query)
     if as_json:
         out.print_json(data=[h.to_dict() for h in hits])
         return

@@ -9,20 +9,20 @@ Needs only httpx: a client install pulls in no torch, Faiss or FastAPI.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
-from . import __version__
-from .errors import BadInputError, LookalikeError
-from .types import Hit, Item
+from ._version import __version__
+from .errors import LookalikeError
+from .query import Query, image_bytes
+from .types import Hit, IngestReport, Item
 
 DEFAULT_TIMEOUT = 30.0
 RETRIES = 2  # on connection errors only: a request the server may have run is never repeated
@@ -36,59 +36,6 @@ class APIError(LookalikeError):
         self.status = status
         self.code = code
         self.message = message
-
-
-def _image_bytes(image: Any) -> bytes:
-    if isinstance(image, bytes):
-        return image
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            return Path(image).read_bytes()
-        except OSError as error:
-            raise BadInputError(f"cannot read {os.fspath(image)}: {error.strerror}") from None
-    if hasattr(image, "save"):  # a PIL image
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
-    raise BadInputError("image must be bytes, a file path or a PIL image")
-
-
-def _search_body(
-    *,
-    text: str | None,
-    image: Any,
-    url: str | None,
-    id: int | None,
-    vector: Sequence[float] | None,
-    query: Iterable[Mapping[str, Any]] | None,
-    k: int,
-    filter: Mapping[str, Any] | None,
-    exclude_ids: Sequence[int] | None,
-    include_self: bool | None,
-    dedupe: float | None,
-) -> dict[str, Any]:
-    """The JSON body of a search, from the arguments of ``Client.search``."""
-    fields = {
-        "text": text,
-        "url": url,
-        "id": id,
-        "vector": list(map(float, vector)) if vector is not None else None,
-        "image": base64.b64encode(_image_bytes(image)).decode() if image is not None else None,
-        "query": [_part(p) for p in query] if query is not None else None,
-        "k": k,
-        "filter": dict(filter) if filter else None,
-        "exclude_ids": list(exclude_ids) if exclude_ids else None,
-        "include_self": include_self,
-        "dedupe": dedupe,
-    }
-    return {key: value for key, value in fields.items() if value is not None}
-
-
-def _part(part: Mapping[str, Any]) -> dict[str, Any]:
-    part = dict(part)
-    if "image" in part:
-        part["image"] = base64.b64encode(_image_bytes(part["image"])).decode()
-    return part
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -131,7 +78,7 @@ def _item(base: httpx.URL, payload: dict[str, Any]) -> Item:
 
 
 def _add_request(
-    images: Sequence[Any], metadata: Sequence[Mapping[str, Any]] | None
+    images: Sequence[Any], metadata: Sequence[Mapping[str, Any] | None] | None
 ) -> dict[str, Any]:
     if images and all(
         isinstance(i, str) and i.lower().startswith(("http://", "https://")) for i in images
@@ -139,22 +86,97 @@ def _add_request(
         return {
             "json": {
                 "urls": list(images),
-                "metadata": [dict(m) for m in metadata] if metadata else None,
+                "metadata": [dict(m or {}) for m in metadata] if metadata else None,
             }
         }
     files = [
         (
             "files",
-            (Path(i).name if isinstance(i, (str, os.PathLike)) else f"image{n}", _image_bytes(i)),
+            (Path(i).name if isinstance(i, (str, os.PathLike)) else f"image{n}", image_bytes(i)),
         )
         for n, i in enumerate(images)
     ]
-    data = {"metadata": json.dumps([dict(m) for m in metadata])} if metadata else {}
+    data = {"metadata": json.dumps([dict(m or {}) for m in metadata])} if metadata else {}
     return {"files": files, "data": data}
 
 
-class Client:
-    """Talks to a lookalike server."""
+T = TypeVar("T")
+HttpClient = TypeVar("HttpClient", httpx.Client, httpx.AsyncClient)
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One API call: the request to send and how to read its answer."""
+
+    method: str
+    path: str
+    read: Callable[[httpx.URL, Any], T]
+    send: dict[str, Any] = field(default_factory=dict)  # httpx keyword arguments
+
+
+def _search(collection: str, query: Any, options: dict[str, Any]) -> _Call[list[Hit]]:
+    body = Query.build(query, **options).to_json()
+    return _Call("POST", f"/v1/collections/{collection}/search", _hits, {"json": body})
+
+
+def _get(collection: str, id: int) -> _Call[Item]:
+    return _Call("GET", f"/v1/collections/{collection}/items/{int(id)}", _item)
+
+
+def _add(
+    collection: str, images: Sequence[Any], metadata: Sequence[Mapping[str, Any] | None] | None
+) -> _Call[IngestReport]:
+    send = _add_request(images, metadata)
+    return _Call("POST", f"/v1/collections/{collection}/items", _report, send)
+
+
+def _remove(collection: str, id: int) -> _Call[int]:
+    path = f"/v1/collections/{collection}/items/{int(id)}"
+    return _Call("DELETE", path, lambda _, payload: int(payload["removed"]))
+
+
+def _ids(ids: int | Iterable[int]) -> list[int]:
+    return [ids] if isinstance(ids, int) else [int(i) for i in ids]
+
+
+def _report(base: httpx.URL, payload: dict[str, Any]) -> IngestReport:
+    return IngestReport(
+        added=payload["added"],
+        unchanged=payload["unchanged"],
+        duplicates=payload["duplicates"],
+        failed=[(f["source"], f["reason"]) for f in payload["failed"]],
+        ids=list(payload.get("ids", [])),
+    )
+
+
+_HEALTH: _Call[dict[str, Any]] = _Call("GET", "/health", lambda _, payload: payload)
+_COLLECTIONS: _Call[list[dict[str, Any]]] = _Call(
+    "GET", "/v1/collections", lambda _, payload: payload["collections"]
+)
+
+
+class _BaseClient(Generic[HttpClient]):
+    """What both clients share: headers, retries, and every call's request and answer."""
+
+    _http: HttpClient
+
+    def __init__(self, base_url: str, api_key: str | None, retries: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"user-agent": f"lookalike-client/{__version__}"}
+        if api_key:
+            self.headers["authorization"] = f"Bearer {api_key}"
+        self.retries = retries
+
+    def _unreachable(self, error: Exception) -> LookalikeError:
+        return LookalikeError(f"cannot reach {self.base_url}: {error}")
+
+    def _answer(self, call: _Call[T], response: httpx.Response) -> T:
+        _raise_for(response)
+        return call.read(self._http.base_url, response.json())
+
+
+class Client(_BaseClient[httpx.Client]):
+    """Talks to a lookalike server. Each call mirrors the library's (``Collection``)."""
 
     def __init__(
         self,
@@ -165,12 +187,9 @@ class Client:
         retries: int = RETRIES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"user-agent": f"lookalike-client/{__version__}"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self.retries = retries
+        super().__init__(base_url, api_key, retries)
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
         )
 
     def __enter__(self) -> Client:
@@ -183,89 +202,56 @@ class Client:
         """Close the connection pool."""
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _run(self, call: _Call[T]) -> T:
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.request(method, path, **kwargs)
-                break
+                response = self._http.request(call.method, call.path, **call.send)
+                return self._answer(call, response)
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 if attempt == self.retries:
-                    raise LookalikeError(f"cannot reach {self._http.base_url}: {error}") from error
+                    raise self._unreachable(error) from error
                 time.sleep(0.2 * 2**attempt)
             except httpx.TimeoutException as error:
-                raise LookalikeError(f"{method} {path} timed out: {error}") from error
-        _raise_for(response)
-        return response
+                raise LookalikeError(f"{call.method} {call.path} timed out: {error}") from error
+        raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
         """The server's liveness answer."""
-        return self._request("GET", "/health").json()
+        return self._run(_HEALTH)
 
     def collections(self) -> list[dict[str, Any]]:
         """Served collections: name, count, model, dim, index."""
-        return self._request("GET", "/v1/collections").json()["collections"]
+        return self._run(_COLLECTIONS)
 
-    def search(
-        self,
-        collection: str,
-        *,
-        text: str | None = None,
-        image: Any = None,
-        url: str | None = None,
-        id: int | None = None,
-        vector: Sequence[float] | None = None,
-        query: Iterable[Mapping[str, Any]] | None = None,
-        k: int = 20,
-        filter: Mapping[str, Any] | None = None,
-        exclude_ids: Sequence[int] | None = None,
-        include_self: bool | None = None,
-        dedupe: float | None = None,
-    ) -> list[Hit]:
-        """Search a collection; the query kinds are those of ``Collection.search``."""
-        body = _search_body(
-            text=text,
-            image=image,
-            url=url,
-            id=id,
-            vector=vector,
-            query=query,
-            k=k,
-            filter=filter,
-            exclude_ids=exclude_ids,
-            include_self=include_self,
-            dedupe=dedupe,
-        )
-        return _hits(
-            self._http.base_url,
-            self._request("POST", f"/v1/collections/{collection}/search", json=body).json(),
-        )
+    def collection(self, name: str) -> RemoteCollection:
+        """A handle on one served collection, with ``Collection``'s calls."""
+        return RemoteCollection(self, name)
+
+    def search(self, collection: str, query: Any = None, **options: Any) -> list[Hit]:
+        """Search a collection: a :class:`~lookalike.Query`, or the arguments of
+        ``Collection.search`` (``text=``, ``image=`` path/bytes/PIL, ``url=``, ``id=`` one or a
+        list, ``vector=``, ``query=`` parts, ``k``, ``filter``, ``exclude_ids``, ...)."""
+        return self._run(_search(collection, query, options))
 
     def get(self, collection: str, id: int) -> Item:
         """One stored image."""
-        return _item(
-            self._http.base_url,
-            self._request("GET", f"/v1/collections/{collection}/items/{int(id)}").json(),
-        )
+        return self._run(_get(collection, id))
 
     def add(
         self,
         collection: str,
         images: Sequence[Any],
-        metadata: Sequence[Mapping[str, Any]] | None = None,
-    ) -> dict[str, Any]:
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> IngestReport:
         """Add images: file paths, bytes or PIL images (uploaded), or URLs (fetched there)."""
-        return self._request(
-            "POST", f"/v1/collections/{collection}/items", **_add_request(images, metadata)
-        ).json()
+        return self._run(_add(collection, images, metadata))
 
-    def remove(self, collection: str, id: int) -> int:
-        """Remove an image; returns how many were removed."""
-        return self._request("DELETE", f"/v1/collections/{collection}/items/{int(id)}").json()[
-            "removed"
-        ]
+    def remove(self, collection: str, ids: int | Iterable[int]) -> int:
+        """Remove images by id (one or several); returns how many were removed."""
+        return sum(self._run(_remove(collection, i)) for i in _ids(ids))
 
 
-class AsyncClient:
+class AsyncClient(_BaseClient[httpx.AsyncClient]):
     """The same calls as :class:`Client`, awaitable."""
 
     def __init__(
@@ -277,12 +263,9 @@ class AsyncClient:
         retries: int = RETRIES,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"user-agent": f"lookalike-client/{__version__}"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self.retries = retries
+        super().__init__(base_url, api_key, retries)
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -295,79 +278,109 @@ class AsyncClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _run(self, call: _Call[T]) -> T:
         for attempt in range(self.retries + 1):
             try:
-                response = await self._http.request(method, path, **kwargs)
-                break
+                response = await self._http.request(call.method, call.path, **call.send)
+                return self._answer(call, response)
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 if attempt == self.retries:
-                    raise LookalikeError(f"cannot reach {self._http.base_url}: {error}") from error
+                    raise self._unreachable(error) from error
                 await asyncio.sleep(0.2 * 2**attempt)
             except httpx.TimeoutException as error:
-                raise LookalikeError(f"{method} {path} timed out: {error}") from error
-        _raise_for(response)
-        return response
+                raise LookalikeError(f"{call.method} {call.path} timed out: {error}") from error
+        raise AssertionError("unreachable")
 
     async def health(self) -> dict[str, Any]:
         """The server's liveness answer."""
-        return (await self._request("GET", "/health")).json()
+        return await self._run(_HEALTH)
 
     async def collections(self) -> list[dict[str, Any]]:
         """Served collections."""
-        return (await self._request("GET", "/v1/collections")).json()["collections"]
+        return await self._run(_COLLECTIONS)
 
-    async def search(
-        self,
-        collection: str,
-        *,
-        text: str | None = None,
-        image: Any = None,
-        url: str | None = None,
-        id: int | None = None,
-        vector: Sequence[float] | None = None,
-        query: Iterable[Mapping[str, Any]] | None = None,
-        k: int = 20,
-        filter: Mapping[str, Any] | None = None,
-        exclude_ids: Sequence[int] | None = None,
-        include_self: bool | None = None,
-        dedupe: float | None = None,
-    ) -> list[Hit]:
-        """Search a collection."""
-        body = _search_body(
-            text=text,
-            image=image,
-            url=url,
-            id=id,
-            vector=vector,
-            query=query,
-            k=k,
-            filter=filter,
-            exclude_ids=exclude_ids,
-            include_self=include_self,
-            dedupe=dedupe,
-        )
-        response = await self._request("POST", f"/v1/collections/{collection}/search", json=body)
-        return _hits(self._http.base_url, response.json())
+    def collection(self, name: str) -> AsyncRemoteCollection:
+        """A handle on one served collection, with ``Collection``'s calls, awaitable."""
+        return AsyncRemoteCollection(self, name)
+
+    async def search(self, collection: str, query: Any = None, **options: Any) -> list[Hit]:
+        """Search a collection (see :meth:`Client.search`)."""
+        return await self._run(_search(collection, query, options))
 
     async def get(self, collection: str, id: int) -> Item:
         """One stored image."""
-        response = await self._request("GET", f"/v1/collections/{collection}/items/{int(id)}")
-        return _item(self._http.base_url, response.json())
+        return await self._run(_get(collection, id))
 
     async def add(
         self,
         collection: str,
         images: Sequence[Any],
-        metadata: Sequence[Mapping[str, Any]] | None = None,
-    ) -> dict[str, Any]:
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> IngestReport:
         """Add images by upload or URL."""
-        response = await self._request(
-            "POST", f"/v1/collections/{collection}/items", **_add_request(images, metadata)
-        )
-        return response.json()
+        return await self._run(_add(collection, images, metadata))
 
-    async def remove(self, collection: str, id: int) -> int:
-        """Remove an image."""
-        response = await self._request("DELETE", f"/v1/collections/{collection}/items/{int(id)}")
-        return response.json()["removed"]
+    async def remove(self, collection: str, ids: int | Iterable[int]) -> int:
+        """Remove images by id (one or several)."""
+        return sum([await self._run(_remove(collection, i)) for i in _ids(ids)])
+
+
+@dataclass(frozen=True)
+class RemoteCollection:
+    """A served collection, called like a local ``Collection``:
+
+    >>> photos = Client("http://127.0.0.1:8000").collection("photos")  # doctest: +SKIP
+    >>> photos.search(id=[3, 9], k=50)                                  # doctest: +SKIP
+    """
+
+    client: Client
+    name: str
+
+    def search(self, query: Any = None, **options: Any) -> list[Hit]:
+        """See ``Collection.search``."""
+        return self.client.search(self.name, query, **options)
+
+    def get(self, id: int) -> Item:
+        """See ``Collection.get``."""
+        return self.client.get(self.name, id)
+
+    def add_images(
+        self, images: Sequence[Any], *, metadata: Sequence[Mapping[str, Any] | None] | None = None
+    ) -> IngestReport:
+        """See ``Collection.add_images``: paths, bytes or PIL images are uploaded; URLs are
+        fetched by the server."""
+        return self.client.add(self.name, images, metadata)
+
+    add = add_images
+
+    def remove(self, ids: int | Iterable[int]) -> int:
+        """See ``Collection.remove``."""
+        return self.client.remove(self.name, ids)
+
+
+@dataclass(frozen=True)
+class AsyncRemoteCollection:
+    """:class:`RemoteCollection`, awaitable."""
+
+    client: AsyncClient
+    name: str
+
+    async def search(self, query: Any = None, **options: Any) -> list[Hit]:
+        """See ``Collection.search``."""
+        return await self.client.search(self.name, query, **options)
+
+    async def get(self, id: int) -> Item:
+        """See ``Collection.get``."""
+        return await self.client.get(self.name, id)
+
+    async def add_images(
+        self, images: Sequence[Any], *, metadata: Sequence[Mapping[str, Any] | None] | None = None
+    ) -> IngestReport:
+        """See ``Collection.add_images``."""
+        return await self.client.add(self.name, images, metadata)
+
+    add = add_images
+
+    async def remove(self, ids: int | Iterable[int]) -> int:
+        """See ``Collection.remove``."""
+        return await self.client.remove(self.name, ids)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
+from .backends import Backend, open_backend
 from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import (
     BadInputError,
@@ -24,38 +21,19 @@ from .errors import (
 )
 from .fetch import FetchPolicy, fetch, is_url
 from .imaging import ImageLimits, decode_image, to_model_input
-from .index import FlatIndex, VectorIndex
-from .ingest import IngestOptions, Progress, ingest
-from .ivf import IvfIndex, build_ivf, drop_ivf, has_ivf
+from .ingest import IngestOptions, Progress, ingest, vector_rows
+from .layout import MANIFEST, UPLOADS_DIR, upload_path, write_atomic
+from .manifest import FORMAT_VERSION, new_manifest, read_manifest, write_manifest
 from .prepare import content_hash
-from .query import QueryPart, parse_parts
+from .query import Query, QueryPart
+from .results import combine, dedupe, file_stat, hit_of, item_of, unit_vector
 from .sources import SourceItem, iter_source, source_roots
-from .store import NewRow, Store, View
-from .types import Hit, IngestReport, Item
-from .verify import VerifyReport, verify
+from .types import Hit, IngestReport, Item, Stats
 
-FORMAT_VERSION = 1
-MANIFEST = "lookalike.json"
-MAX_K = 10_000
+if TYPE_CHECKING:
+    from .verify import VerifyReport
+
 log = logging.getLogger("lookalike")
-
-FLAT_LIMIT = 100_000  # live images above which an IVF index is trained
-UPLOADS = "uploads"
-
-
-@dataclass(frozen=True)
-class Stats:
-    """What a collection holds."""
-
-    path: str
-    count: int
-    deleted: int
-    model: str
-    weights: str | None
-    dim: int
-    index: str
-    bytes_on_disk: int
-    format: int
 
 
 class Collection:
@@ -89,9 +67,7 @@ class Collection:
         self._runtime = runtime  # encoder engine: see lookalike.encoders.runtime
         self._threads = threads
         self._encoder = encoder
-        self.store = Store(path, self.dim)
-        self.index: VectorIndex = _open_index(self.path, self.store.vectors)
-        self.auto_index = True  # train/persist the index as the collection grows
+        self.backend: Backend = open_backend(self.path, manifest)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -128,19 +104,8 @@ class Collection:
         encoder = load_encoder(
             model, weights_path, device, options.get("runtime", "auto"), options.get("threads")
         )
-        root.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "model": encoder.spec,
-            "weights": weights_path,
-            "dim": encoder.dim,
-            "metric": "cosine",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "created_by": f"lookalike {__version__}",
-        }
-        tmp = root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, root / MANIFEST)
+        manifest = new_manifest(encoder.spec, weights_path, encoder.dim)
+        write_manifest(root, manifest)
         return cls(root, manifest, device=device, encoder=encoder, **options)
 
     @classmethod
@@ -148,27 +113,11 @@ class Collection:
         cls, path: str | os.PathLike[str], *, device: str | None = None, **options: Any
     ) -> Collection:
         """Open an existing collection; its model loads on first need."""
-        root = Path(path)
-        try:
-            manifest = json.loads((root / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise CollectionError(
-                f"{root} is not a lookalike collection "
-                f"(no {MANIFEST}); make one with Collection.create"
-            ) from None
-        except (OSError, ValueError) as error:
-            raise CollectionError(f"cannot read {root / MANIFEST}: {error}") from error
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-            found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise CollectionError(
-                f"{root} has collection format {found!r}; this lookalike "
-                f"reads format {FORMAT_VERSION}"
-            )
-        return cls(root, manifest, device=device, **options)
+        return cls(Path(path), read_manifest(Path(path)), device=device, **options)
 
     def close(self) -> None:
         """Release files and locks."""
-        self.store.close()
+        self.backend.close()
 
     def __enter__(self) -> Collection:
         return self
@@ -177,7 +126,7 @@ class Collection:
         self.close()
 
     def __len__(self) -> int:
-        return self.store.live_count()
+        return self.backend.live_count()
 
     def __repr__(self) -> str:
         return f"Collection({str(self.path)!r}, model={self.model!r}, count={len(self)})"
@@ -223,12 +172,12 @@ class Collection:
     ) -> IngestReport:
         encoder = self.encoder  # loads the model before any lock is taken
         if roots:
-            with self.store.writing():
-                self.store.add_roots(roots)
+            with self.backend.writing():
+                self.backend.add_roots(roots)
         # ingest takes the writer lock per batch, so other writers (a server) interleave
-        report = ingest(self.store, encoder, items, self._ingest_options(options), progress)
-        with self.store.writing():
-            self._maintain_index()
+        report = ingest(self.backend, encoder, items, self._ingest_options(options), progress)
+        with self.backend.writing():
+            self.backend.keep_up()
         return report
 
     def rebuild_index(
@@ -241,43 +190,14 @@ class Collection:
     ) -> str:
         """(Re)build the vector index from the stored vectors; returns the kind in use.
 
-        ``auto`` picks exact search below ``FLAT_LIMIT`` live images and a trained IVF index
-        above; ``ivf`` retrains even a small collection; ``flat`` drops any trained index.
-        ``memory_budget`` (bytes; default half the RAM) bounds the IVF index's re-rank data:
-        past it, compact codes stand in for the full vectors.
+        ``auto`` picks exact search for small collections and a trained IVF index past
+        ``lookalike.index.FLAT_LIMIT`` live images; ``ivf`` retrains even a small collection;
+        ``flat`` drops any trained index. ``memory_budget`` (bytes; default half the RAM)
+        bounds the IVF index's re-rank data: past it, compact codes stand in for the vectors.
         """
-        if kind not in {"auto", "flat", "ivf"}:
-            raise BadInputError("index kind must be auto, flat or ivf")
-        with self.store.writing():
-            view = self.store.view()
-            live = ~view.deleted
-            if kind == "auto":
-                kind = "ivf" if int(live.sum()) >= FLAT_LIMIT else "flat"
-            if kind == "flat":
-                drop_ivf(self.path)
-            else:
-                build_ivf(
-                    self.path,
-                    self.store.vectors,
-                    view.count,
-                    live,
-                    target_recall=target_recall,
-                    nlist=nlist,
-                    memory_budget=memory_budget,
-                )
-            self.index = _open_index(self.path, self.store.vectors)
-        return self.index.kind
-
-    def _maintain_index(self) -> None:
-        """Train an index once the collection outgrows exact search; persist a large delta."""
-        if not self.auto_index:
-            return
-        if isinstance(self.index, IvfIndex):
-            self.index.catch_up(self.store.count)
-            if self.index.pending > max(50_000, self.index.params.indexed_count // 10):
-                self.index.save()
-        elif self.store.live_count() >= FLAT_LIMIT:
-            self.rebuild_index("ivf")
+        return self.backend.rebuild_index(
+            kind, target_recall=target_recall, nlist=nlist, memory_budget=memory_budget
+        )
 
     def add_images(
         self,
@@ -303,7 +223,7 @@ class Collection:
                 locator = str(Path(locator).resolve())
                 if not isinstance(image, bytes):
                     roots.add(str(Path(locator).parent))
-            stat = _stat(locator)
+            stat = file_stat(locator)
             items.append(SourceItem(locator, dict(meta or {}), *stat))
         return self._ingest(items, sorted(roots), progress, options)
 
@@ -320,49 +240,43 @@ class Collection:
         Vectors are normalised; each locator (path or URL) becomes the row's key, and its
         content hash is derived from the locator since no image bytes are read.
         """
-        array = np.asarray(vectors, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != self.dim:
-            raise ModelMismatchError(
-                f"vectors have shape {array.shape}; this collection holds {self.dim}-d vectors"
-            )
-        if len(locators) != len(array) or (metadata is not None and len(metadata) != len(array)):
-            raise BadInputError("give one locator (and metadata entry) per vector")
-        norms = np.linalg.norm(array, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise BadInputError("vectors must be finite and non-zero")
-        metas = metadata or [None] * len(array)
-        shapes = sizes or [(0, 0)] * len(array)
-        rows = [
-            NewRow(
-                str(locator),
-                content_hash(f"vector:{locator}".encode()),
-                *shape,
-                0,
-                vector,
-                metadata=dict(meta or {}),
-            )
-            for locator, vector, meta, shape in zip(
-                locators, array / norms, metas, shapes, strict=True
-            )
-        ]
-        with self.store.writing():
+        rows = vector_rows(vectors, locators, self.dim, metadata, sizes)
+        with self.backend.writing():
             ids: list[int] = []
             for start in range(0, len(rows), 100_000):
-                ids += self.store.add(rows[start : start + 100_000])
-            self._maintain_index()
+                ids += self.backend.add(rows[start : start + 100_000])
+            self.backend.keep_up()
         return ids
 
-    def remove(self, ids: Iterable[int] = (), paths: Iterable[str | os.PathLike[str]] = ()) -> int:
-        """Remove images by id or by path/URL; returns how many were removed."""
-        wanted = [int(i) for i in ids]
-        for path in paths:
+    def remove(
+        self,
+        ids: int | Iterable[int] = (),
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] = (),
+    ) -> int:
+        """Remove images by id (one or several) or by path/URL; returns how many were removed.
+
+        Nothing is removed when any of them is not stored: NotFoundError names those.
+        """
+        wanted = [ids] if isinstance(ids, (int, np.integer)) else list(ids)
+        for i in wanted:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise BadInputError(f"ids must be integers (got {i!r:.40})")
+        wanted = [int(i) for i in wanted]
+        missing: list[str] = []
+        for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
             text = os.fspath(path)
-            row = self.store.live_by_key(text if is_url(text) else str(Path(text).resolve()))
+            row = self.backend.live_by_key(text if is_url(text) else str(Path(text).resolve()))
             if row is None:
-                raise NotFoundError(f"no image stored under {text}")
-            wanted.append(row.id)
-        with self.store.writing():
-            return self.store.mark_deleted(wanted)
+                missing.append(text)
+            else:
+                wanted.append(row.id)
+        with self.backend.writing():
+            self.backend.refresh()
+            rows = self.backend.rows([i for i in set(wanted) if 0 <= i < self.backend.count])
+            missing += [str(i) for i in wanted if i not in rows or rows[i].deleted]
+            if missing:
+                raise NotFoundError(f"not stored, nothing removed: {', '.join(missing[:20])}")
+            return self.backend.mark_deleted(wanted)
 
     def _ingest_options(self, options: dict[str, Any]) -> IngestOptions:
         return IngestOptions(limits=self.limits, fetch_policy=self.fetch_policy, **options)
@@ -371,109 +285,80 @@ class Collection:
         # refuse non-images before keeping them; min_side lets big images decode downscaled
         decode_image(data, limits=self.limits, min_side=self.encoder.image_size or None)
         digest = content_hash(data)
-        folder = self.path / UPLOADS / digest[:2]
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / digest
+        target = upload_path(self.path, digest)
         if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, data)
         return str(target)
 
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, id: int) -> Item:
         """The stored image with this id."""
-        self.store.refresh()
         if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
             raise BadInputError("an id must be an integer")
-        row = self.store.rows([id]).get(int(id)) if 0 <= id < self.store.count else None
+        self.backend.refresh()
+        row = self.backend.rows([int(id)]).get(int(id)) if 0 <= id < self.backend.count else None
         if row is None or row.deleted:
             raise NotFoundError(f"no image with id {id}")
-        return _item(row)
+        return item_of(row)
 
     def lookup(self, image: str | os.PathLike[str] | bytes) -> Item | None:
         """The stored image for a path or URL, or holding these exact bytes, if any."""
         if isinstance(image, bytes):
-            row = self.store.live_by_hash(content_hash(image))
+            row = self.backend.live_by_hash(content_hash(image))
         else:
             text = os.fspath(image)
-            row = self.store.live_by_key(text if is_url(text) else str(Path(text).resolve()))
-        return _item(row) if row else None
+            row = self.backend.live_by_key(text if is_url(text) else str(Path(text).resolve()))
+        return item_of(row) if row else None
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored vectors of live ids."""
-        view = self.store.view()
-        for i in ids:
-            if not 0 <= int(i) < view.count or view.deleted[int(i)]:
-                raise NotFoundError(f"no image with id {i}")
-        return self.store.vectors.get(ids, view.count)
+        return self.backend.vectors(ids)
 
     def embed(
-        self,
-        query: Iterable[Mapping[str, Any] | QueryPart] | None = None,
-        *,
-        model: str | None = None,
-        **kinds: Any,
+        self, query: Query | Iterable[Mapping[str, Any] | QueryPart] | None = None, **options: Any
     ) -> np.ndarray:
-        """The unit query vector of the given parts (see :meth:`search`)."""
-        return self._combine(parse_parts(query, **kinds), model)
+        """The unit query vector of a query (given as to :meth:`search`)."""
+        query = Query.build(query, **options)
+        return combine(list(query.parts), self._part_vector, self._check_model(query.model))
 
     def search(
-        self,
-        query: Iterable[Mapping[str, Any] | QueryPart] | None = None,
-        *,
-        text: str | None = None,
-        image: Any = None,
-        url: str | None = None,
-        id: int | Sequence[int] | None = None,
-        vector: Any = None,
-        k: int = 20,
-        filter: Mapping[str, Any] | None = None,
-        exclude_ids: Iterable[int] = (),
-        include_self: bool = False,
-        dedupe: float | None = None,
-        model: str | None = None,
+        self, query: Query | Iterable[Mapping[str, Any] | QueryPart] | None = None, **options: Any
     ) -> list[Hit]:
         """The ``k`` stored images most similar to the query, best first.
 
-        Give one or several of ``text``, ``image`` (bytes, path or PIL image), ``url``,
-        ``id`` (one or a list: "more like these"), ``vector``; or ``query``, a list of parts
-        like ``{"text": "police car"}, {"id": 7, "weight": -0.5}``. Parts combine as the
-        normalised weighted sum of their vectors. ``filter`` keeps rows whose metadata equals
-        each given value; ``exclude_ids`` drops ids (e.g. already labeled); ids used as
-        queries are left out unless ``include_self``; ``dedupe`` (a cosine such as 0.95)
-        drops results nearly identical to a better one; ``model`` (a spec) makes a raw
-        vector query fail unless it names the collection's model.
+        ``query`` is a :class:`~lookalike.query.Query`, or the same given as arguments:
+        one or several of ``text``, ``image`` (bytes, path or PIL image), ``url``, ``id``
+        (one or a list: "more like these"), ``vector``; or ``query``, a list of parts like
+        ``{"text": "police car"}, {"id": 7, "weight": -0.5}``. Parts combine as the
+        normalised weighted sum of their vectors. ``k`` (default 20); ``filter`` keeps rows
+        whose metadata equals each given value; ``exclude_ids`` drops ids (e.g. already
+        labeled); ids used as queries are left out unless ``include_self``; ``dedupe`` (a
+        cosine such as 0.95) drops results nearly identical to a better one; ``model`` (a
+        spec) makes a raw vector query fail unless it names the collection's model.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise BadInputError(f"k must be an integer from 1 to {MAX_K}")
-        if dedupe is not None and not 0 < dedupe <= 1:
-            raise BadInputError("dedupe must be a cosine similarity in (0, 1]")
-        parts = parse_parts(query, text=text, image=image, url=url, id=id, vector=vector)
-        query_vector = self._combine(parts, model)
-        view = self.store.view()
-        query_ids = [] if include_self else [p.value for p in parts if p.kind == "id"]
-        allowed = self._allowed(view, filter, [*exclude_ids, *query_ids])
-        depth = k * 4 if dedupe else k
-        scores, ids = self.index.search(query_vector[None, :], depth, view.count, allowed)
+        query = Query.build(query, **options)
+        query_vector = combine(list(query.parts), self._part_vector, self._check_model(query.model))
+        depth = query.k * 4 if query.dedupe else query.k
+        scores, ids = self.backend.search(
+            query_vector[None, :],
+            depth,
+            filter=query.filter,
+            exclude_ids=[*query.exclude_ids, *query.query_ids],
+        )
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-        if dedupe:
-            found = self._dedupe(found, dedupe, view.count)
-        found = found[:k]
-        rows = self.store.rows([i for i, _ in found])
-        return [_hit(rows[i], score) for i, score in found]
+        if query.dedupe:
+            found = dedupe(found, query.dedupe, self.backend.vectors)
+        found = found[: query.k]
+        rows = self.backend.rows([i for i, _ in found])
+        return [hit_of(rows[i], score) for i, score in found]
 
-    def _combine(self, parts: list[QueryPart], model: str | None) -> np.ndarray:
+    def _check_model(self, model: str | None) -> int:
+        """The query vectors' dimension, once a query naming a model is found to fit."""
         if model is not None and model != self.model:
             raise ModelMismatchError(f"the query is for {model}; this collection uses {self.model}")
-        total = np.zeros(self.dim, dtype=np.float32)
-        for part in parts:
-            total += part.weight * self._part_vector(part)
-        norm = float(np.linalg.norm(total))
-        if not np.isfinite(norm) or norm < 1e-6:
-            raise BadInputError("the query parts cancel out: their weighted sum is zero")
-        return total / norm
+        return self.dim
 
     def _part_vector(self, part: QueryPart) -> np.ndarray:
         if part.kind == "text":
@@ -481,7 +366,7 @@ class Collection:
         if part.kind == "id":
             return self.vectors([part.value])[0]
         if part.kind == "vector":
-            return _unit_vector(part.value, self.dim)
+            return unit_vector(part.value, self.dim)
         data = fetch(part.value, self.fetch_policy) if part.kind == "url" else part.value
         image = (
             data
@@ -491,53 +376,18 @@ class Collection:
         pixels = to_model_input(image.convert("RGB"), self.encoder.image_size)
         return self.encoder.encode_images(pixels[None])[0]
 
-    def _allowed(
-        self, view: View, filter: Mapping[str, Any] | None, excluded: Iterable[Any]
-    ) -> np.ndarray | None:
-        """Mask over ids of the rows a search may return; None when every row may."""
-        try:
-            dropped = [int(i) for i in excluded]
-        except (TypeError, ValueError):
-            raise BadInputError("exclude_ids must be integer ids") from None
-        if not filter and not dropped and not view.deleted_count:
-            return None
-        allowed = ~view.deleted
-        if filter:
-            if not isinstance(filter, Mapping):
-                raise BadInputError("filter must map metadata keys to values")
-            ids = self.store.ids_matching(dict(filter))
-            matching = np.zeros_like(allowed)
-            matching[ids[ids < view.count]] = True
-            allowed &= matching
-        allowed[[i for i in dropped if 0 <= i < view.count]] = False
-        return allowed
-
-    def _dedupe(
-        self, found: list[tuple[int, float]], threshold: float, count: int
-    ) -> list[tuple[int, float]]:
-        """Drop hits whose cosine to a better-ranked kept hit reaches ``threshold``."""
-        if not found:
-            return found
-        vectors = self.store.vectors.get([i for i, _ in found], count)
-        kept: list[int] = []
-        for position in range(len(found)):
-            if not kept or float(np.max(vectors[kept] @ vectors[position])) < threshold:
-                kept.append(position)
-        return [found[p] for p in kept]
-
     def stats(self) -> Stats:
         """Counts, model and size on disk."""
-        view = self.store.view()
+        self.backend.refresh()
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
-        deleted = int(view.deleted.sum())
         return Stats(
             str(self.path),
-            view.count - deleted,
-            deleted,
+            self.backend.live_count(),
+            self.backend.deleted_count(),
             self.model,
             self.weights,
             self.dim,
-            self.index.kind,
+            self.backend.index_kind,
             size,
             FORMAT_VERSION,
         )
@@ -545,77 +395,17 @@ class Collection:
     def verify(self, *, repair: bool = False) -> VerifyReport:
         """Check rows, vectors, index and files agree; with ``repair``, fix what can be fixed
         (truncate an interrupted write, rebuild the index) without losing rows."""
+        from .verify import verify
+
         return verify(self, repair=repair)
 
     def items(self) -> Iterable[Item]:
         """Every stored image in id order."""
-        return (_item(row) for row in self.store.iter_live())
+        return (item_of(row) for row in self.backend.iter_live())
 
     def roots(self) -> list[str]:
         """Folders the collection's files were indexed from (plus its uploads)."""
-        return [*self.store.roots(), str((self.path / UPLOADS).resolve())]
-
-
-def _open_index(path: Path, vectors: Any) -> VectorIndex:
-    if not has_ivf(path):
-        return FlatIndex(vectors)
-    try:
-        return IvfIndex(path, vectors)
-    except Exception as error:  # a damaged index fails in many ways inside Faiss
-        log.warning(
-            "the IVF index of %s cannot be read (%s): searching exactly until "
-            "`lookalike verify --repair` rebuilds it",
-            path,
-            error,
-        )
-        return FlatIndex(vectors)
-
-
-def _hit(row: Any, score: float) -> Hit:
-    return Hit(**_fields(row), score=score)
-
-
-def _item(row: Any) -> Item:
-    return Item(**_fields(row))
-
-
-def _fields(row: Any) -> dict[str, Any]:
-    """A stored row as Item fields: its key is a path or a URL."""
-    remote = is_url(row.key)
-    return {
-        "id": row.id,
-        "path": None if remote else row.key,
-        "url": row.key if remote else None,
-        "width": row.width,
-        "height": row.height,
-        "metadata": row.metadata,
-    }
-
-
-def _stat(locator: str) -> tuple[int | None, float | None]:
-    if is_url(locator):
-        return None, None
-    try:
-        stat = os.stat(locator)
-    except OSError:
-        return None, None
-    return stat.st_size, stat.st_mtime
-
-
-def _unit_vector(value: Any, dim: int) -> np.ndarray:
-    try:
-        with np.errstate(over="ignore"):  # huge numbers become inf, refused below
-            vector = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadInputError("a vector query must be a list of numbers") from None
-    if vector.ndim != 1 or len(vector) != dim:
-        raise ModelMismatchError(
-            f"the query vector has shape {vector.shape}; this collection holds {dim}-d vectors"
-        )
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm == 0:
-        raise BadInputError("a vector query must be finite and non-zero")
-    return vector / norm
+        return [*self.backend.roots(), str((self.path / UPLOADS_DIR).resolve())]
 
 
 __all__ = ["Collection", "LookalikeError", "Stats"]

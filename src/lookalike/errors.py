@@ -15,6 +15,13 @@ class BadInputError(LookalikeError, ValueError):
     code = "bad_input"
 
 
+class InvalidQueryError(BadInputError):
+    """A search's arguments or JSON body are malformed: a field of the wrong type or range,
+    an unknown field, a query part without exactly one kind (HTTP 422)."""
+
+    code = "invalid_body"
+
+
 class ImageError(BadInputError):
     """An image could not be decoded, or breaks a limit (bytes, pixels, frames)."""
 

@@ -12,20 +12,24 @@ import logging
 import multiprocessing
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .encoders import Encoder
-from .errors import BadInputError
+from .errors import BadInputError, ModelMismatchError
 from .fetch import FetchPolicy
 from .imaging import ImageLimits
-from .prepare import Failure, PreparedImage, prepare
+from .prepare import Failure, PreparedImage, content_hash, prepare
 from .sources import SourceItem
-from .store import NewRow, Store
+from .store import NewRow
 from .types import IngestReport
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 log = logging.getLogger("lookalike")
 
@@ -53,7 +57,7 @@ class _InlineExecutor(Executor):
 
 
 def ingest(
-    store: Store,
+    store: Backend,
     encoder: Encoder,
     items: Iterable[SourceItem],
     options: IngestOptions = IngestOptions(),
@@ -83,7 +87,7 @@ def ingest(
             for p, vector in zip(batch, vectors, strict=True)
         ]
         with store.writing():  # held per batch, so other writers interleave with an ingest
-            store.add(rows, replaces=replaced)
+            report.ids += store.add(rows, replaces=replaced)
         report.added += len(batch)
         report.replaced += len(replaced)
         batch.clear()
@@ -148,7 +152,7 @@ def ingest(
     return report
 
 
-def _unchanged(store: Store, item: SourceItem) -> bool:
+def _unchanged(store: Backend, item: SourceItem) -> bool:
     """Whether the item is stored already and, for a file, has the same size and mtime."""
     known = store.live_by_key(item.locator)
     if known is None:
@@ -161,3 +165,37 @@ def _executor(workers: int) -> Executor:
         return _InlineExecutor()
     # spawn, not fork: the parent holds torch's thread pools, which do not survive a fork
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def vector_rows(
+    vectors: Any,
+    locators: Sequence[str],
+    dim: int,
+    metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    sizes: Sequence[tuple[int, int]] | None = None,
+) -> list[NewRow]:
+    """Rows for embeddings computed elsewhere, one per locator (its key); vectors normalised,
+    content hashes derived from the locators since no image bytes are read."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ModelMismatchError(
+            f"vectors have shape {array.shape}; this collection holds {dim}-d vectors"
+        )
+    if len(locators) != len(array) or (metadata is not None and len(metadata) != len(array)):
+        raise BadInputError("give one locator (and metadata entry) per vector")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise BadInputError("vectors must be finite and non-zero")
+    metas = metadata or [None] * len(array)
+    shapes = sizes or [(0, 0)] * len(array)
+    return [
+        NewRow(
+            str(locator),
+            content_hash(f"vector:{locator}".encode()),
+            *shape,
+            0,
+            vector,
+            metadata=dict(meta or {}),
+        )
+        for locator, vector, meta, shape in zip(locators, array / norms, metas, shapes, strict=True)
+    ]

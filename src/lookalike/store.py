@@ -474,6 +474,15 @@ class Store:
         """Folders registered as sources of the collection's files."""
         return [r[0] for r in self._select("SELECT path FROM roots ORDER BY path")]
 
+    def metadata_keys(self, sample: int = 10_000) -> list[str]:
+        """Metadata keys used by the newest ``sample`` live rows, sorted."""
+        found = self._select(
+            "SELECT DISTINCT j.key FROM (SELECT metadata FROM items WHERE deleted = 0 "
+            "ORDER BY id DESC LIMIT ?) AS r, json_each(r.metadata) AS j",
+            (sample,),
+        )
+        return sorted(r[0] for r in found)
+
     def live_count(self) -> int:
         """Number of rows not deleted."""
         view = self.view()

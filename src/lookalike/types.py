@@ -44,6 +44,7 @@ class IngestReport:
     replaced: int = 0  # a stored path whose content changed
     failed: list[tuple[str, str]] = field(default_factory=list)  # (locator, reason)
     seconds: float = 0.0
+    ids: list[int] = field(default_factory=list)  # of the images added, in order
 
     @property
     def seen(self) -> int:
@@ -62,3 +63,18 @@ class IngestReport:
             "failed": [{"source": s, "reason": r} for s, r in self.failed],
             "images_per_second": round(self.images_per_second, 2),
         }
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What a collection holds."""
+
+    path: str
+    count: int
+    deleted: int
+    model: str
+    weights: str | None
+    dim: int
+    index: str
+    bytes_on_disk: int
+    format: int

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .ivf import IvfIndex, has_ivf
+from .index import IvfIndex, has_ivf
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -43,7 +43,7 @@ class VerifyReport:
 
 def verify(collection: Collection, *, repair: bool = False) -> VerifyReport:
     """Check rows, vectors, index and files; with ``repair``, fix what can be fixed."""
-    store = collection.store
+    store = collection.backend.store
     report = VerifyReport()
     # taking the writer lock truncates an interrupted write's tail: look before it does
     tail = _check_shards(collection, store.view().count, report)
@@ -66,13 +66,13 @@ def verify(collection: Collection, *, repair: bool = False) -> VerifyReport:
 
 
 def _check_database(collection: Collection, report: VerifyReport) -> None:
-    answer = collection.store.integrity_check()
+    answer = collection.backend.store.integrity_check()
     if answer != "ok":
         report.problems.append(Problem(f"rows.sqlite integrity check failed: {answer}", False))
 
 
 def _check_rows(collection: Collection, count: int, report: VerifyReport) -> None:
-    rows, lowest, highest = collection.store.id_range()
+    rows, lowest, highest = collection.backend.store.id_range()
     report.rows = rows
     if rows != count or (rows and (lowest != 0 or highest != count - 1)):
         report.problems.append(
@@ -85,7 +85,7 @@ def _check_rows(collection: Collection, count: int, report: VerifyReport) -> Non
 
 
 def _check_shards(collection: Collection, count: int, report: VerifyReport) -> Problem | None:
-    stored = collection.store.vectors.stored_count()
+    stored = collection.backend.store.vectors.stored_count()
     if stored < count:
         report.problems.append(
             Problem(
@@ -108,10 +108,10 @@ def _check_shards(collection: Collection, count: int, report: VerifyReport) -> P
 def _check_vectors(
     collection: Collection, count: int, deleted: np.ndarray, report: VerifyReport
 ) -> None:
-    if collection.store.vectors.stored_count() < count:
+    if collection.backend.store.vectors.stored_count() < count:
         return
     bad = 0
-    for start, block in collection.store.vectors.chunks(count):
+    for start, block in collection.backend.store.vectors.chunks(count):
         norms = np.linalg.norm(block, axis=1)
         wrong = ~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE)
         bad += int((wrong & ~deleted[start : start + len(block)]).sum())
@@ -123,7 +123,9 @@ def _check_index(collection: Collection, count: int, report: VerifyReport) -> Pr
     if not has_ivf(collection.path):
         return None
     try:
-        index = IvfIndex(collection.path, collection.store.vectors)  # the files, not the cache
+        index = IvfIndex(
+            collection.path, collection.backend.store.vectors
+        )  # the files, not the cache
         indexed = index.params.indexed_count
         holds = int(index.base.ntotal)  # type: ignore[attr-defined]
     except Exception as error:  # a damaged index file fails in many ways inside Faiss

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import BadInputError, LookalikeError
 from .cache import build_once, cache_key, discard, weights_identity
 from .openclip import check_texts, resolve_arch

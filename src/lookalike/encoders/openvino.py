@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from .cache import build_once, cache_key, weights_identity
 from .onnx import EXPORT_FORMAT, META, ExportError, OnnxEncoder, Runner, _probe_images, ort_runner
 

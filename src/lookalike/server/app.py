@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Mapping
@@ -18,13 +17,14 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from .. import __version__
+from .._version import __version__
 from ..collection import Collection
-from ..errors import BadInputError, ImageError, NotFoundError
+from ..errors import BadInputError, ImageError
 from ..fetch import is_url
+from ..query import OPTIONS, Query
 from ..types import Hit, Item
 from . import compat, errors
-from .bodies import decode_base64, links, read_json
+from .bodies import links, read_json
 from .files import local_image_path, thumbnail
 from .guards import Guard
 from .metrics import Metrics
@@ -34,6 +34,7 @@ from .schemas import (
     CollectionBody,
     CollectionsResponse,
     DeleteResponse,
+    FailedBody,
     HealthResponse,
     HitBody,
     ItemBody,
@@ -42,32 +43,13 @@ from .schemas import (
     SearchBody,
     SearchResponse,
 )
+from .served import Served
 from .settings import ServerSettings
 
 WEB = resources.files("lookalike") / "web"
 ItemId = Annotated[int, FastAPIPath(ge=0, le=2**63 - 1, description="an image id")]
 THUMBNAIL_PROBE = 256
-SEARCH_FORM_FIELDS = ("k", "filter", "exclude_ids", "include_self", "dedupe")
-
-
-class Served:
-    """The collections a server answers for, by name."""
-
-    def __init__(self, collections: Mapping[str, Collection], settings: ServerSettings) -> None:
-        self.collections = dict(collections)
-        self.settings = settings
-
-    def __getitem__(self, name: str) -> Collection:
-        try:
-            return self.collections[name]
-        except KeyError:
-            raise NotFoundError(f"no collection named {name!r}") from None
-
-    def k(self, asked: int) -> int:
-        """k within the server's cap."""
-        if asked > self.settings.max_k:
-            raise BadInputError(f"k must be at most {self.settings.max_k} on this server")
-        return asked
+SEARCH_FORM_FIELDS = tuple(sorted(OPTIONS - {"model"}))
 
 
 def create_app(
@@ -134,7 +116,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
                     count=len(c),
                     model=c.model,
                     dim=c.dim,
-                    index=c.index.kind,
+                    index=c.backend.index_kind,
                     supports_text=c.encoder.supports_text,
                 )
                 for name, c in served.collections.items()
@@ -150,9 +132,9 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         """Search by exactly one of text, image (base64), url, id, vector or weighted query
         parts (JSON body), or by an uploaded image (multipart field ``image``)."""
         collection = served[name]
-        body = await _search_body(request)
+        query = await _search_query(request, served)
         started = time.perf_counter()
-        hits = await run_in_threadpool(_run_search, collection, served, body)
+        hits = await run_in_threadpool(collection.search, query)
         return SearchResponse(
             results=[_hit_body(name, h) for h in hits],
             took_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -201,14 +183,13 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         collection = served[name]
         images, metadata = await _add_body(request)
         report = await run_in_threadpool(collection.add_images, images, metadata=metadata)
-        found = [collection.lookup(image) for image in images]
-        items = [_item_body(name, item) for item in found if item is not None]
         return AddResponse(
             added=report.added,
             unchanged=report.unchanged,
             duplicates=report.duplicates,
-            items=items,
-            failed=[{"source": s, "reason": r} for s, r in report.failed],
+            ids=report.ids,
+            items=[_item_body(name, collection.get(i)) for i in report.ids],
+            failed=[FailedBody(source=s, reason=r) for s, r in report.failed],
         )
 
     @api.delete("/v1/collections/{name}/items/{item_id}", response_model=DeleteResponse)
@@ -221,52 +202,22 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
     return api
 
 
-def _run_search(collection: Collection, served: Served, body: SearchBody) -> list[Hit]:
-    parts = None
-    if body.query is not None:
-        parts = [_part(p.model_dump(exclude_none=True)) for p in body.query]
-    single = (
-        _part(body.model_dump(include={"text", "image", "url", "id", "vector"}, exclude_none=True))
-        if parts is None
-        else {}
-    )
-    return collection.search(
-        parts,
-        **single,
-        k=served.k(body.k)
-        if body.k is not None
-        else min(served.settings.default_k, served.settings.max_k),
-        filter=body.filter,
-        exclude_ids=body.exclude_ids,
-        include_self=body.include_self,
-        dedupe=body.dedupe,
-    )
-
-
-def _part(fields: dict[str, Any]) -> dict[str, Any]:
-    """A query part with its base64 image decoded."""
-    if "image" in fields:
-        fields["image"] = decode_base64(fields["image"])
-    return fields
-
-
-async def _search_body(request: Request) -> SearchBody:
+async def _search_query(request: Request, served: Served) -> Query:
+    """The search of a JSON body, or of a multipart upload (field ``image``, options as
+    form fields); the upload's bytes go to the search as they are, decoded once there."""
     kind = request.headers.get("content-type", "")
-    if kind.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=20)
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise BadInputError("a multipart search needs an image file in the field 'image'")
-        fields: dict[str, Any] = {}
-        for field in SEARCH_FORM_FIELDS:
-            value = form.get(field)
-            if isinstance(value, str) and value != "":
-                fields[field] = _form_value(field, value)
-        data = await upload.read()
-        return SearchBody.model_validate(
-            {**fields, "image": base64.b64encode(data).decode("ascii")}
-        )
-    return SearchBody.model_validate(await read_json(request))
+    if not kind.startswith("multipart/form-data"):
+        return served.query(await read_json(request))
+    form = await request.form(max_files=1, max_fields=20)
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise BadInputError("a multipart search needs an image file in the field 'image'")
+    fields: dict[str, Any] = {}
+    for field in SEARCH_FORM_FIELDS:
+        value = form.get(field)
+        if isinstance(value, str) and value != "":
+            fields[field] = _form_value(field, value)
+    return served.query(fields, image=await upload.read())
 
 
 async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] | None]:
@@ -304,11 +255,18 @@ def _require_image(data: bytes, name: str) -> None:
 
 
 def _form_value(field: str, value: str) -> Any:
-    if field in {"filter", "exclude_ids", "metadata"}:
-        try:
+    """A form field's value: JSON for structured fields, numbers and flags parsed."""
+    try:
+        if field in {"filter", "exclude_ids", "metadata"}:
             return json.loads(value)
-        except ValueError:
-            raise BadInputError(f"form field {field!r} must be JSON") from None
+        if field == "k":
+            return int(value)
+        if field == "dedupe":
+            return float(value)
+    except ValueError:
+        raise BadInputError(f"form field {field!r} is not valid: {value[:40]!r}") from None
+    if field == "include_self":
+        return value.lower() in {"1", "true", "on", "yes"}
     return value
 
 

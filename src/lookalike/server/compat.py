@@ -4,7 +4,7 @@ are accepted and ignored; ``modality`` is ignored too (lookalike indexes images 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -12,9 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from ..errors import BadInputError
 from .bodies import decode_base64, links, read_json
 from .schemas import KnnServiceBody, MetadataBody
-
-if TYPE_CHECKING:
-    from .app import Served
+from .served import Served
 
 DEDUPE_COSINE = 0.94  # clip-retrieval's own threshold
 
@@ -63,11 +61,10 @@ def router(served: Served) -> APIRouter:
             query["vector"] = body.embedding_input
         else:
             raise BadInputError("give text, image, image_url or embedding_input")
-        k = served.k(min(body.num_images, body.num_result_ids or body.num_images))
+        k = min(body.num_images, body.num_result_ids or body.num_images)
+        dedupe = DEDUPE_COSINE if body.deduplicate else None
         hits = await run_in_threadpool(
-            lambda: collection.search(
-                **query, k=k, dedupe=DEDUPE_COSINE if body.deduplicate else None
-            )
+            collection.search, served.query({"k": k, "dedupe": dedupe}, **query)
         )
         return [_knn_result(name, hit) for hit in hits]
 

@@ -14,6 +14,7 @@ from ..errors import (
     CollectionError,
     FetchError,
     ImageError,
+    InvalidQueryError,
     LookalikeError,
     NotFoundError,
 )
@@ -47,6 +48,8 @@ def status_of(error: LookalikeError) -> int:
         return 404
     if isinstance(error, ImageError):
         return 415
+    if isinstance(error, InvalidQueryError):
+        return 422
     if isinstance(error, FetchError):
         return 400
     if isinstance(error, CollectionError):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..query import QUERY_KINDS
+from ..query import MAX_PARTS
 
 MetadataValue = str | int | float | bool | None
 
@@ -24,25 +24,17 @@ class QueryKinds(BaseModel):
 
 
 class QueryPartBody(QueryKinds):
-    """One weighted part of a mixed query: exactly one of the query kinds."""
+    """One weighted part of a mixed query: exactly one of the query kinds (see SearchBody)."""
 
     weight: float = Field(1.0, ge=-100, le=100)
 
-    @model_validator(mode="after")
-    def _one_kind(self) -> QueryPartBody:
-        given = [kind for kind in QUERY_KINDS if getattr(self, kind) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "each query part needs exactly one of text, image, url, id or vector"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        return self
-
 
 class SearchBody(QueryKinds):
-    """A search: exactly one of text, image, url, id, vector, or query (weighted parts)."""
+    """A search: one or more of text, image, url, id, vector, and query (weighted parts),
+    which combine; plus options. The schema of :class:`lookalike.Query`'s JSON form, which
+    is what validates a request (tests keep the two in step)."""
 
-    query: list[QueryPartBody] | None = Field(None, min_length=1, max_length=64)
+    query: list[QueryPartBody] | None = Field(None, min_length=1, max_length=MAX_PARTS)
     k: int | None = Field(
         None, ge=1, description="number of results (default: the server's, 20; capped by it)"
     )
@@ -54,16 +46,9 @@ class SearchBody(QueryKinds):
     dedupe: float | None = Field(
         None, gt=0, le=1, description="drop near-duplicates at this cosine"
     )
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> SearchBody:
-        given = [kind for kind in (*QUERY_KINDS, "query") if getattr(self, kind) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of text, image, url, id, vector or query"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        return self
+    model: str | None = Field(
+        None, description="the model spec the query vectors are for; refused if not this one"
+    )
 
 
 class HitBody(BaseModel):
@@ -136,7 +121,8 @@ class AddResponse(BaseModel):
     added: int
     unchanged: int
     duplicates: int
-    items: list[ItemBody]
+    ids: list[int] = Field(description="ids of the images added, in order")
+    items: list[ItemBody] = Field(description="the images added, in order")
     failed: list[FailedBody]
 
 

@@ -1,5 +1,5 @@
 """An approximate index for large collections: Faiss IVF with 4-bit PQ fast-scan codes,
-re-ranked from the memory-mapped vectors (see :mod:`lookalike.rerank`).
+re-ranked from the memory-mapped vectors (see :mod:`lookalike.index.rerank`).
 
 The index is a cache of the vector shards: its file holds the first ``indexed_count``
 vectors; vectors committed later go into a small in-memory delta index built on the same
@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
-from .index import RunningTopK
+from ..errors import BadInputError
+from ..layout import INDEX_DIR, write_atomic
+from ..store import VectorShards
 from .rerank import EXACT_TAILS, Codes, choose_codec, rerank
-from .store import VectorShards
+from .topk import RunningTopK
 
-INDEX_DIR = "index"
 PARAMS_FILE = "ivf.json"  # names the current index file, so a crashed save leaves the old one
 EMPTY_FILE = "ivf-trained.faiss"  # quantizer and codebooks, no vectors: seeds the delta
 EXACT_BELOW = 20_000  # allowed rows under which a filtered search is done exactly
@@ -332,9 +330,9 @@ def _save(directory: Path, index: object, params: IvfParams, empty: object = Non
 
     directory.mkdir(parents=True, exist_ok=True)
     if empty is not None:
-        _write_atomic(directory / EMPTY_FILE, lambda tmp: faiss.write_index(empty, str(tmp)))
-    _write_atomic(directory / params.file, lambda tmp: faiss.write_index(index, str(tmp)))
-    _write_atomic(
+        write_atomic(directory / EMPTY_FILE, lambda tmp: faiss.write_index(empty, str(tmp)))
+    write_atomic(directory / params.file, lambda tmp: faiss.write_index(index, str(tmp)))
+    write_atomic(
         directory / PARAMS_FILE,
         lambda tmp: tmp.write_text(json.dumps(asdict(params), indent=2) + "\n"),
     )
@@ -342,11 +340,3 @@ def _save(directory: Path, index: object, params: IvfParams, empty: object = Non
     for old in [*directory.glob("ivf-*.faiss"), *directory.glob("rerank-*")]:
         if old.name not in keep:
             old.unlink(missing_ok=True)
-
-
-def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
-    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    write(partial)
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, target)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .index import _pad, _top_k
-from .store import VectorShards, gather
+from ..store import VectorShards, gather
+from .topk import pad, top_k
 
 # Candidates ranked by codes and re-scored exactly, per result: tuned at build time, since
 # it depends on the data (on clustered low-rank vectors 1 is nearly enough for SQ8 and 2 for
@@ -133,12 +133,12 @@ def rerank(
     if codes is not None:
         approx = _scores(queries, candidates, lambda ids: _decode(codes, vectors, ids, count))
         if exact_per_result == 0:
-            return _pad(*_top_k(approx, candidates, k), k)
-        approx, candidates = _top_k(approx, candidates, k * exact_per_result)
+            return pad(*top_k(approx, candidates, k), k)
+        approx, candidates = top_k(approx, candidates, k * exact_per_result)
         candidates = np.where(np.isfinite(approx), candidates, -1)
     cold = codes is not None  # the shards outgrow the page cache: fetch rows in parallel
     exact = _scores(queries, candidates, lambda ids: vectors.get(ids, count, prefetch=cold))
-    return _pad(*_top_k(exact, candidates, k), k)
+    return pad(*top_k(exact, candidates, k), k)
 
 
 def _read_ahead(path: Path) -> None:

@@ -1,0 +1,115 @@
+"""Where a collection's rows and vectors live, behind one small boundary.
+
+:class:`Backend` is everything :class:`lookalike.Collection` asks of its storage: rows by id,
+key or content hash; vectors by id; a top-k search that applies filters and exclusions
+inside the index; and writes under a writer lock. The embedded backend (SQLite rows, vector
+shards, a Faiss index, all in the collection folder) is the default; a distributed engine is
+one more module implementing the same protocol and named in the manifest's ``backend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import CollectionError
+from ..store import NewRow, Row
+
+
+class Backend(Protocol):
+    """The storage and search of one collection."""
+
+    kind: str  # "embedded", ...
+
+    # -- reads: safe from many threads and processes at once --------------------------------
+    def refresh(self) -> None:
+        """See writes committed since the last call (by this or another process)."""
+
+    @property
+    def count(self) -> int:
+        """Ids handed out so far: rows live or deleted. New ids continue from here."""
+
+    def live_count(self) -> int:
+        """Rows not deleted."""
+
+    def deleted_count(self) -> int:
+        """Rows deleted."""
+
+    def rows(self, ids: Sequence[int]) -> dict[int, Row]:
+        """Rows of these ids (deleted ones included) that exist."""
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Unit vectors of live ids, in order; NotFoundError for an unknown or deleted id."""
+
+    def live_by_key(self, key: str) -> Row | None:
+        """The live row stored under a path or URL."""
+
+    def live_by_hash(self, content_hash: str) -> Row | None:
+        """A live row holding this content."""
+
+    def iter_live(self) -> Iterator[Row]:
+        """Every live row in id order."""
+
+    def metadata_keys(self) -> list[str]:
+        """Metadata keys that rows use, for messages and filters."""
+
+    def roots(self) -> list[str]:
+        """Folders that files were indexed from."""
+
+    @property
+    def index_kind(self) -> str:
+        """How searches run: "flat" (exact), "ivf", ..."""
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        exclude_ids: Iterable[int] = (),
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` live rows by inner product for each query row, best first.
+
+        Only rows whose metadata equals each ``filter`` value, and not in ``exclude_ids``,
+        are candidates: k results come back whenever k rows qualify. Returns (scores, ids),
+        each (n_queries, k); missing slots hold id -1 and score -inf.
+        """
+
+    # -- writes: inside ``writing()`` --------------------------------------------------------
+    def writing(self) -> AbstractContextManager[Any]:
+        """Hold the collection's single writer lock (across processes)."""
+
+    def add(self, rows: Sequence[NewRow], replaces: Sequence[int] = ()) -> list[int]:
+        """Store rows and their vectors in one commit, deleting ``replaces`` in it; new ids."""
+
+    def mark_deleted(self, ids: Iterable[int]) -> int:
+        """Delete live rows; how many were deleted."""
+
+    def add_roots(self, paths: Iterable[str]) -> None:
+        """Record folders whose files may be served."""
+
+    def keep_up(self) -> None:
+        """After writes: bring the index up to date, training one once it pays off."""
+
+    def rebuild_index(self, kind: str = "auto", **options: Any) -> str:
+        """(Re)build the index from the stored vectors; returns the kind in use."""
+
+    def close(self) -> None:
+        """Release files, connections and locks."""
+
+
+def open_backend(path: Path, manifest: Mapping[str, Any]) -> Backend:
+    """The backend a collection's manifest names (``embedded`` when it names none)."""
+    name = manifest.get("backend", "embedded")
+    if name == "embedded":
+        from .embedded import EmbeddedBackend
+
+        return EmbeddedBackend(path, int(manifest["dim"]))
+    raise CollectionError(f"{path} uses the backend {name!r}, which this lookalike lacks")
+
+
+__all__ = ["Backend", "open_backend"]

@@ -1,0 +1,37 @@
+"""The collections one server answers for, and how a request's search becomes a Query."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..collection import Collection
+from ..errors import BadInputError, InvalidQueryError, NotFoundError
+from ..query import Query
+from .settings import ServerSettings
+
+
+class Served:
+    """The collections a server answers for, by name."""
+
+    def __init__(self, collections: Mapping[str, Collection], settings: ServerSettings) -> None:
+        self.collections = dict(collections)
+        self.settings = settings
+
+    def __getitem__(self, name: str) -> Collection:
+        try:
+            return self.collections[name]
+        except KeyError:
+            raise NotFoundError(f"no collection named {name!r}") from None
+
+    def query(self, body: Mapping[str, Any], **parts: Any) -> Query:
+        """The search of a request body (and parts given apart, as an upload): the one place
+        where the server's default k and its cap apply."""
+        settings = self.settings
+        if not isinstance(body, Mapping):
+            raise InvalidQueryError("a search body must be a JSON object")
+        body = {"k": min(settings.default_k, settings.max_k), **body}
+        k = body["k"]
+        if isinstance(k, int) and not isinstance(k, bool) and k > settings.max_k:
+            raise BadInputError(f"k must be at most {settings.max_k} on this server")
+        return Query.build(**parts, **body) if parts else Query.from_json(body)
