@@ -317,6 +317,15 @@ def serve(
         int, typer.Option(help="Requests per minute per client address (0: no limit).")
     ] = 0,
     allow_private_urls: AllowPrivate = False,
+    show_paths: Annotated[
+        bool | None,
+        typer.Option(
+            "--show-paths/--hide-paths",
+            help="Give each hit's path relative to its indexed folder, not just its file name "
+            "(default: shown when bound to localhost, hidden otherwise).",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
     runtime: RuntimeOpt = "auto",
     threads: ThreadsOpt = None,
@@ -334,6 +343,7 @@ def serve(
 
     from .server import ServerSettings
     from .server.launch import CONFIG_ENV, ServeConfig
+    from .server.settings import is_local_host
 
     settings = ServerSettings.with_env_keys(
         api_keys=tuple(api_key or ()),
@@ -341,6 +351,7 @@ def serve(
         max_k=max_k,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         rate_limit_per_minute=rate_limit,
+        show_paths=is_local_host(host) if show_paths is None else show_paths,
     )
     config = ServeConfig.from_entries(
         collections,

@@ -24,7 +24,7 @@ from ..errors import BadInputError, ImageError, NotFoundError
 from ..fetch import is_url
 from ..types import Hit, Item
 from . import compat, errors
-from .bodies import decode_base64, links, read_json
+from .bodies import decode_base64, item_name, links, read_json, relative_path
 from .files import local_image_path, thumbnail
 from .guards import Guard
 from .metrics import Metrics
@@ -68,6 +68,10 @@ class Served:
         if asked > self.settings.max_k:
             raise BadInputError(f"k must be at most {self.settings.max_k} on this server")
         return asked
+
+    def path_roots(self, name: str) -> list[str] | None:
+        """The folders that hits' paths are shown relative to; None where paths are hidden."""
+        return self[name].roots() if self.settings.show_paths else None
 
 
 def create_app(
@@ -153,8 +157,9 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         body = await _search_body(request)
         started = time.perf_counter()
         hits = await run_in_threadpool(_run_search, collection, served, body)
+        roots = served.path_roots(name)
         return SearchResponse(
-            results=[_hit_body(name, h) for h in hits],
+            results=[_hit_body(name, h, roots) for h in hits],
             took_ms=round((time.perf_counter() - started) * 1000, 3),
             model=collection.model,
         )
@@ -162,7 +167,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
     def get_item(name: str, item_id: ItemId) -> ItemBody:
         """One stored image's size, metadata and links."""
-        return _item_body(name, served[name].get(item_id))
+        return _item_body(name, served[name].get(item_id), served.path_roots(name))
 
     @api.get(
         "/v1/collections/{name}/items/{item_id}/image",
@@ -202,7 +207,8 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         images, metadata = await _add_body(request)
         report = await run_in_threadpool(collection.add_images, images, metadata=metadata)
         found = [collection.lookup(image) for image in images]
-        items = [_item_body(name, item) for item in found if item is not None]
+        roots = served.path_roots(name)
+        items = [_item_body(name, item, roots) for item in found if item is not None]
         return AddResponse(
             added=report.added,
             unchanged=report.unchanged,
@@ -312,21 +318,24 @@ def _form_value(field: str, value: str) -> Any:
     return value
 
 
-def _item_body(name: str, item: Item) -> ItemBody:
-    return ItemBody(**_public_fields(name, item))
+def _item_body(name: str, item: Item, roots: list[str] | None = None) -> ItemBody:
+    return ItemBody(**_public_fields(name, item, roots))
 
 
-def _hit_body(name: str, hit: Hit) -> HitBody:
-    return HitBody(**_public_fields(name, hit), score=hit.score)
+def _hit_body(name: str, hit: Hit, roots: list[str] | None = None) -> HitBody:
+    return HitBody(**_public_fields(name, hit, roots), score=hit.score)
 
 
-def _public_fields(name: str, item: Item) -> dict[str, Any]:
-    """What the API shows of a stored image: links instead of server paths."""
+def _public_fields(name: str, item: Item, roots: list[str] | None = None) -> dict[str, Any]:
+    """What the API shows of a stored image: links instead of server paths, its file name,
+    and its path relative to the indexed folder when ``roots`` are given (paths shown)."""
     url, thumb = links(name, item)
     return {
         "id": item.id,
         "url": url,
         "thumbnail_url": thumb,
+        "name": item_name(item),
+        "path": relative_path(item, roots) if roots is not None else None,
         "width": item.width,
         "height": item.height,
         "metadata": item.metadata,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from fastapi import Request
 
@@ -38,3 +41,23 @@ def links(name: str, item: Item) -> tuple[str, str]:
     """(image URL, thumbnail URL) of a stored image served under collection ``name``."""
     base = f"/v1/collections/{name}/items/{item.id}"
     return item.url or f"{base}/image", f"{base}/thumbnail"
+
+
+def item_name(item: Item) -> str:
+    """A stored image's file name, or the last segment of its URL (its host if none)."""
+    if item.path:
+        return PurePath(item.path).name
+    parts = urlsplit(item.url or "")
+    return unquote(parts.path.rstrip("/").rpartition("/")[2]) or parts.hostname or ""
+
+
+def relative_path(item: Item, roots: Sequence[str]) -> str | None:
+    """A local image's path relative to the outermost of ``roots`` holding it (POSIX
+    separators), or None for remote images and files outside every root."""
+    if not item.path:
+        return None
+    path = PurePath(item.path)
+    holding = [PurePath(root) for root in roots if path.is_relative_to(root)]
+    if not holding:
+        return None
+    return path.relative_to(min(holding, key=lambda root: len(root.parts))).as_posix()

@@ -9,6 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..query import QUERY_KINDS
 
 MetadataValue = str | int | float | bool | None
+NAME_DOC = "the image's file name, or the last segment of its URL"
+PATH_DOC = (
+    "its file's path relative to the folder it was indexed from, where the server shows "
+    "paths (lookalike serve --show-paths); else null"
+)
 
 
 class QueryKinds(BaseModel):
@@ -73,6 +78,8 @@ class HitBody(BaseModel):
     score: float
     url: str | None = Field(None, description="where to get the full image")
     thumbnail_url: str | None = None
+    name: str = Field("", description=NAME_DOC)
+    path: str | None = Field(None, description=PATH_DOC)
     width: int
     height: int
     metadata: dict[str, Any]
@@ -92,6 +99,8 @@ class ItemBody(BaseModel):
     id: int
     url: str | None
     thumbnail_url: str | None
+    name: str = Field("", description=NAME_DOC)
+    path: str | None = Field(None, description=PATH_DOC)
     width: int
     height: int
     metadata: dict[str, Any]

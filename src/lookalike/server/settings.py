@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ class ServerSettings:
     body_timeout_s: float = 30.0  # longest wait for the next chunk of a request body
     thumbnail_side: int = 256
     default_k: int = 20
+    show_paths: bool = False  # hits and items carry their path relative to the indexed folder
 
     @classmethod
     def with_env_keys(cls, **options: object) -> ServerSettings:
@@ -29,3 +31,13 @@ class ServerSettings:
             k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()
         )
         return cls(api_keys=keys + from_env, **options)  # type: ignore[arg-type]
+
+
+def is_local_host(host: str) -> bool:
+    """Whether a bind address only accepts connections from this machine."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
