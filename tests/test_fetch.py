@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import ipaddress
 import shutil
 import socket
 import socketserver
 import ssl
 import subprocess
+import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -152,8 +156,26 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.server.stop.wait(10)
 
+    def route_gzip(self, arg: str, query: str) -> None:  # despite Accept-Encoding: identity
+        self.reply(200, gzip.compress(b"hello"), Content_Encoding="gzip")
+
+    def route_identity(self, arg: str, query: str) -> None:
+        self.reply(200, b"hello", Content_Encoding="identity")
+
+    def route_bomb(self, arg: str, query: str) -> None:  # a few KB that inflate to 256 MB
+        self.reply(200, _gzip_bomb(), Content_Encoding="gzip, gzip")
+
     def route_404(self, arg: str = "", query: str = "") -> None:
         self.reply(404, b"not here")
+
+
+@functools.cache
+def _gzip_bomb(inflated: int = 256 << 20) -> bytes:
+    """`inflated` zero bytes gzipped twice: a few kilobytes on the wire."""
+    inner = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    zeros = bytes(1 << 20)
+    layer = b"".join([inner.compress(zeros) for _ in range(inflated >> 20)] + [inner.flush()])
+    return gzip.compress(layer)
 
 
 class Server(ThreadingHTTPServer):
@@ -458,6 +480,49 @@ def test_size_limit_without_content_length(server: Server) -> None:
     assert fetch(server.url("/chunked/200000"), policy) == b"x" * 200_000
     with pytest.raises(FetchError, match="response larger than 200000 bytes"):
         fetch(server.url("/chunked/-1"), policy)  # endless
+
+
+def test_compressed_response_refused(server: Server) -> None:
+    with pytest.raises(
+        FetchError, match=r"refused: compressed response \(Content-Encoding: gzip\)"
+    ):
+        fetch(server.url("/gzip"), OPEN)
+    assert fetch(server.url("/identity"), OPEN) == b"hello"
+    assert server.requests[0][1]["Accept-Encoding"] == "identity"
+
+
+_PEAK_MEMORY = """
+import resource, sys
+from lookalike.errors import FetchError
+from lookalike.fetch import FetchPolicy, fetch
+
+def rss_kb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+idle = rss_kb()
+try:
+    print("fetched", len(fetch(sys.argv[1], FetchPolicy(allow_private=True))))
+except FetchError as error:
+    print(error)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - idle)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for memory use")
+def test_compression_bomb_is_refused_before_inflating(server: Server) -> None:
+    """A 2-layer gzip bomb (256 MB from a few KB) must not be inflated: peak memory stays flat."""
+    assert len(_gzip_bomb()) < 10_000
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY, server.url("/bomb")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    message, peak_kb = done.stdout.splitlines()
+    assert int(peak_kb) < 200 * 1024, f"peak memory grew by {int(peak_kb) // 1024} MB"
+    assert "Content-Encoding: gzip, gzip" in message
 
 
 def test_http_error_status(server: Server) -> None:

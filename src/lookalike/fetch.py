@@ -261,17 +261,32 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _read_body(response: httpx.Response, policy: FetchPolicy, watchdog: _Watchdog) -> bytes:
+    _refuse_encoded(response)
     too_large = f"response larger than {policy.max_bytes} bytes"
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > policy.max_bytes:
         raise FetchError(too_large)
     body = bytearray()
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_raw():  # the bytes as sent: never inflated past the size check
         body += chunk
-        if len(body) > policy.max_bytes or response.num_bytes_downloaded > policy.max_bytes:
+        if len(body) > policy.max_bytes:
             raise FetchError(too_large)
         watchdog.remaining()
     return bytes(body)
+
+
+def _refuse_encoded(response: httpx.Response) -> None:
+    """Refuse a compressed body (sent despite Accept-Encoding: identity).
+
+    A few kilobytes of nested gzip inflate to gigabytes, so no decoder is ever run on one.
+    """
+    listed = response.headers.get_list("content-encoding", split_commas=True)
+    encodings = [e.strip() for e in listed if e.strip().lower() not in ("", "identity")]
+    if encodings:
+        raise FetchError(
+            f"refused: compressed response (Content-Encoding: {_shorten(', '.join(encodings))}); "
+            "only uncompressed (identity) responses are fetched"
+        )
 
 
 def _describe(exc: Exception, url: httpx.URL, policy: FetchPolicy, watchdog: _Watchdog) -> str:
