@@ -20,6 +20,7 @@ class ServerSettings:
     body_timeout_s: float = 30.0  # longest wait for the next chunk of a request body
     thumbnail_side: int = 256
     default_k: int = 20
+    fetch_threads: int = 8  # requests fetching URLs at once (as many queue; more get 503)
 
     @classmethod
     def with_env_keys(cls, **options: object) -> ServerSettings:
