@@ -6,8 +6,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from .errors import (
     ModelMismatchError,
     NotFoundError,
 )
-from .fetch import FetchPolicy, fetch, is_url
+from .fetch import FetchError, FetchPolicy, fetch_all, fetch_each, is_url
 from .imaging import ImageLimits, decode_image, to_model_input
 from .index import FlatIndex, VectorIndex
 from .ingest import IngestOptions, Progress, ingest
@@ -290,6 +290,8 @@ class Collection:
         """Add images given as file paths, URLs or encoded bytes, each with optional metadata.
 
         Bytes are kept in the collection's ``uploads/`` folder so they can be served later.
+        URLs not stored yet are fetched ``fetch_policy.parallel`` at a time, all within one
+        ``fetch_policy.deadline``; those it cuts short are reported as failed.
         """
         if metadata is not None and len(metadata) != len(images):
             raise BadInputError(f"{len(images)} images but {len(metadata)} metadata entries")
@@ -305,7 +307,23 @@ class Collection:
                     roots.add(str(Path(locator).parent))
             stat = _stat(locator)
             items.append(SourceItem(locator, dict(meta or {}), *stat))
-        return self._ingest(items, sorted(roots), progress, options)
+        return self._ingest(self._fetched(items), sorted(roots), progress, options)
+
+    def _fetched(self, items: list[SourceItem]) -> Iterator[SourceItem]:
+        """The items, each new URL's body (or why it could not be fetched) attached."""
+        new = [
+            index
+            for index, item in enumerate(items)
+            if is_url(item.locator) and self.store.live_by_key(item.locator) is None
+        ]
+        bodies = fetch_each([items[index].locator for index in new], self.fetch_policy)
+        wanted = set(new)
+        for index, item in enumerate(items):
+            if index in wanted:  # bodies come in the order of `new`
+                body = next(bodies)
+                failed = isinstance(body, FetchError)
+                item = replace(item, error=str(body)) if failed else replace(item, data=body)
+            yield item
 
     def add_vectors(
         self,
@@ -467,6 +485,7 @@ class Collection:
     def _combine(self, parts: list[QueryPart], model: str | None) -> np.ndarray:
         if model is not None and model != self.model:
             raise ModelMismatchError(f"the query is for {model}; this collection uses {self.model}")
+        parts = self._fetch_url_parts(parts)
         total = np.zeros(self.dim, dtype=np.float32)
         for part in parts:
             total += part.weight * self._part_vector(part)
@@ -482,7 +501,7 @@ class Collection:
             return self.vectors([part.value])[0]
         if part.kind == "vector":
             return _unit_vector(part.value, self.dim)
-        data = fetch(part.value, self.fetch_policy) if part.kind == "url" else part.value
+        data = part.value  # an image's bytes, path or PIL image: URL parts are fetched by now
         image = (
             data
             if hasattr(data, "convert")
@@ -490,6 +509,18 @@ class Collection:
         )
         pixels = to_model_input(image.convert("RGB"), self.encoder.image_size)
         return self.encoder.encode_images(pixels[None])[0]
+
+    def _fetch_url_parts(self, parts: list[QueryPart]) -> list[QueryPart]:
+        """The parts with URL parts turned into image parts of their bytes, fetched together
+        within one deadline (``fetch_policy.deadline``)."""
+        urls = [part.value for part in parts if part.kind == "url"]
+        if not urls:
+            return parts
+        bodies = iter(fetch_all(urls, self.fetch_policy))
+        return [
+            QueryPart("image", next(bodies), part.weight) if part.kind == "url" else part
+            for part in parts
+        ]
 
     def _allowed(
         self, view: View, filter: Mapping[str, Any] | None, excluded: Iterable[Any]

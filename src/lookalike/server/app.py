@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -25,7 +26,8 @@ from ..fetch import is_url
 from ..types import Hit, Item
 from . import compat, errors
 from .bodies import decode_base64, item_name, links, read_json, relative_path
-from .files import local_image_path, thumbnail
+from .fetching import FetchWork
+from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
 from .metrics import Metrics
 from .schemas import (
@@ -56,6 +58,7 @@ class Served:
     def __init__(self, collections: Mapping[str, Collection], settings: ServerSettings) -> None:
         self.collections = dict(collections)
         self.settings = settings
+        self.url_work = FetchWork(settings.fetch_threads)  # never the threads of other requests
 
     def __getitem__(self, name: str) -> Collection:
         try:
@@ -156,7 +159,8 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         collection = served[name]
         body = await _search_body(request)
         started = time.perf_counter()
-        hits = await run_in_threadpool(_run_search, collection, served, body)
+        run = served.url_work.run if _fetches(body) else run_in_threadpool
+        hits = await run(_run_search, collection, served, body)
         roots = served.path_roots(name)
         return SearchResponse(
             results=[_hit_body(name, h, roots) for h in hits],
@@ -188,9 +192,14 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         response_class=FileResponse,
         responses={200: {"content": {"image/jpeg": {}}}},
     )
-    def get_thumbnail(name: str, item_id: ItemId) -> FileResponse:
+    async def get_thumbnail(name: str, item_id: ItemId) -> FileResponse:
         """A JPEG thumbnail, made on first request and cached."""
-        path = thumbnail(served[name], item_id, served.settings.thumbnail_side)
+        collection, side = served[name], served.settings.thumbnail_side
+        item = await run_in_threadpool(collection.get, item_id)  # 404 for unknown ids
+        path = thumbnail_path(collection, item_id, side)
+        if not path.is_file():  # made now: fetched first if the image is stored by URL
+            run = served.url_work.run if item.url else run_in_threadpool
+            path = await run(thumbnail, collection, item_id, side)
         return FileResponse(
             path, media_type="image/jpeg", headers={"cache-control": "public, max-age=86400"}
         )
@@ -205,7 +214,9 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         list) or URLs (JSON body ``{"urls": [...], "metadata": [...]}``)."""
         collection = served[name]
         images, metadata = await _add_body(request)
-        report = await run_in_threadpool(collection.add_images, images, metadata=metadata)
+        fetches = any(isinstance(image, str) for image in images)  # URLs, not uploads
+        run = served.url_work.run if fetches else run_in_threadpool
+        report = await run(functools.partial(collection.add_images, images, metadata=metadata))
         found = [collection.lookup(image) for image in images]
         roots = served.path_roots(name)
         items = [_item_body(name, item, roots) for item in found if item is not None]
@@ -247,6 +258,11 @@ def _run_search(collection: Collection, served: Served, body: SearchBody) -> lis
         include_self=body.include_self,
         dedupe=body.dedupe,
     )
+
+
+def _fetches(body: SearchBody) -> bool:
+    """Whether a search names a URL to fetch."""
+    return body.url is not None or any(part.url is not None for part in body.query or [])
 
 
 def _part(fields: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def router(served: Served) -> APIRouter:
         else:
             raise BadInputError("give text, image, image_url or embedding_input")
         k = served.k(min(body.num_images, body.num_result_ids or body.num_images))
-        hits = await run_in_threadpool(
+        run = served.url_work.run if "url" in query else run_in_threadpool
+        hits = await run(
             lambda: collection.search(
                 **query, k=k, dedupe=DEDUPE_COSINE if body.deduplicate else None
             )

@@ -22,6 +22,7 @@ class ServerSettings:
     thumbnail_side: int = 256
     default_k: int = 20
     show_paths: bool = False  # hits and items carry their path relative to the indexed folder
+    fetch_threads: int = 8  # requests fetching URLs at once (as many queue; more get 503)
 
     @classmethod
     def with_env_keys(cls, **options: object) -> ServerSettings:
