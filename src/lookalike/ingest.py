@@ -22,6 +22,7 @@ from .encoders import Encoder
 from .errors import BadInputError
 from .fetch import FetchPolicy
 from .imaging import ImageLimits
+from .lifeline import die_with_parent
 from .prepare import Failure, PreparedImage, prepare
 from .sources import SourceItem
 from .store import NewRow, Store
@@ -160,4 +161,6 @@ def _executor(workers: int) -> Executor:
     if workers <= 0:
         return _InlineExecutor()
     # spawn, not fork: the parent holds torch's thread pools, which do not survive a fork
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+    )
