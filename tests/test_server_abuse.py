@@ -21,7 +21,7 @@ from conftest import encode, serve_app
 from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.imaging import ImageLimits
-from lookalike.server import create_app
+from lookalike.server import ServerSettings, create_app
 
 SEARCH = "/v1/collections/c/search"
 ITEMS = "/v1/collections/c/items"
@@ -146,6 +146,57 @@ def test_library_refuses_non_finite_out_of_range_and_odd_filters(collection: Col
     assert sorted(hit.metadata["n"] for hit in evens) == [0, 2, 4]
 
 
+# --- guessing API keys, dodging the rate limit --------------------------------------------
+
+
+def wrong_keys(client: TestClient, count: int) -> list[int]:
+    return [
+        client.get("/v1/collections", headers={"x-api-key": f"guess{i}"}).status_code
+        for i in range(count)
+    ]
+
+
+def test_wrong_api_keys_are_slowed_down_per_client(collection: Collection) -> None:
+    settings = ServerSettings(api_keys=("right",), auth_failures_per_minute=10)
+    app = create_app({"c": collection}, settings)
+    with TestClient(app, client=("10.0.0.1", 5000)) as guesser:
+        statuses = wrong_keys(guesser, 300)
+        assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+        # a right guess is refused too while the client is held back: hitting it tells nothing
+        held = guesser.get("/v1/collections", headers={"x-api-key": "right"})
+        error = assert_4xx(held, 429)
+        assert error["code"] == "auth_rate_limited" and "API keys" in error["message"]
+        assert 1 <= int(held.headers["retry-after"]) <= 6
+        assert guesser.get("/health").status_code == 200
+    with TestClient(app, client=("10.0.0.2", 5000)) as other:
+        assert other.get("/v1/collections", headers={"x-api-key": "right"}).status_code == 200
+
+
+def test_wrong_api_keys_count_against_the_rate_limit(collection: Collection) -> None:
+    settings = ServerSettings(api_keys=("right",), rate_limit_per_minute=10)
+    with TestClient(create_app({"c": collection}, settings)) as client:
+        statuses = wrong_keys(client, 30)
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+
+
+def rotating_forwarded_for(base: str, count: int) -> list[int]:
+    return [
+        httpx.get(
+            f"{base}/v1/collections", headers={"x-forwarded-for": f"203.0.113.{i}"}
+        ).status_code
+        for i in range(count)
+    ]
+
+
+def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(collection: Collection) -> None:
+    direct = ServerSettings(rate_limit_per_minute=3)
+    with serve_app(create_app({"c": collection}, direct), direct) as base:
+        assert rotating_forwarded_for(base, 6) == [200] * 3 + [429] * 3
+    behind = ServerSettings(rate_limit_per_minute=3, trusted_proxies=("127.0.0.1",))
+    with serve_app(create_app({"c": collection}, behind), behind) as base:
+        assert rotating_forwarded_for(base, 6) == [200] * 6  # six clients behind the proxy
+
+
 # --- uploads decode off the event loop ------------------------------------------------------
 
 
@@ -162,7 +213,8 @@ def test_health_answers_while_uploads_decode(collection: Collection) -> None:
     slow = grey_png(8000)
     files = [("files", (f"g{i}.png", slow, "image/png")) for i in range(3)]
     files.append(("files", ("last.png", b"not an image", "image/png")))
-    with serve_app(create_app({"c": collection})) as base:
+    settings = ServerSettings()
+    with serve_app(create_app({"c": collection}, settings), settings) as base:
         answers: list[httpx.Response] = []
         uploading = threading.Thread(
             target=lambda: answers.append(httpx.post(f"{base}{ITEMS}", files=files, timeout=60))
