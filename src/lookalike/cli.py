@@ -335,6 +335,29 @@ def serve(
             help="Server processes (each loads the model; rate limits count per process)."
         ),
     ] = 1,
+    auth_failures: Annotated[
+        int,
+        typer.Option(help="Wrong API keys per minute per client address before 429 (0: no limit)."),
+    ] = 10,
+    trust_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Believe X-Forwarded-For from this proxy address or network (repeatable; "
+            "default: believe no one)."
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections per process; idle ones close first when full.")
+    ] = 1000,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's head.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's body.")
+    ] = 60.0,
+    keep_alive: Annotated[
+        float, typer.Option(help="Seconds an idle connection stays open between requests.")
+    ] = 5.0,
 ) -> None:
     """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
     import os
@@ -342,6 +365,7 @@ def serve(
     import uvicorn
 
     from .server import ServerSettings
+    from .server.connections import uvicorn_options
     from .server.launch import CONFIG_ENV, ServeConfig
     from .server.settings import is_local_host
 
@@ -352,6 +376,12 @@ def serve(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         rate_limit_per_minute=rate_limit,
         show_paths=is_local_host(host) if show_paths is None else show_paths,
+        auth_failures_per_minute=auth_failures,
+        trusted_proxies=tuple(trust_proxy or ()),
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_s=keep_alive,
     )
     config = ServeConfig.from_entries(
         collections,
@@ -365,7 +395,7 @@ def serve(
         "host": host,
         "port": port,
         "log_level": "warning",
-        "timeout_keep_alive": 5,
+        **uvicorn_options(settings),
     }
     err.print(
         f"serving {', '.join(config.collections)} on http://{host}:{port}"

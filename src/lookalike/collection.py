@@ -527,7 +527,7 @@ class Collection:
     ) -> np.ndarray | None:
         """Mask over ids of the rows a search may return; None when every row may."""
         try:
-            dropped = [int(i) for i in excluded]
+            dropped = [_id_of(i) for i in excluded]
         except (TypeError, ValueError):
             raise BadInputError("exclude_ids must be integer ids") from None
         if not filter and not dropped and not view.deleted_count:
@@ -631,6 +631,13 @@ def _stat(locator: str) -> tuple[int | None, float | None]:
     except OSError:
         return None, None
     return stat.st_size, stat.st_mtime
+
+
+def _id_of(value: Any) -> int:
+    """An id given by a caller: any integer, but not a boolean (True is no id)."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is no id")
+    return int(value)
 
 
 def _unit_vector(value: Any, dim: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import mmap
 import os
 import sqlite3
@@ -29,6 +30,8 @@ SHARD_ROWS = 1 << 20
 PAGE = mmap.PAGESIZE
 PREFETCH_BATCH = 1024  # rows whose pages are requested together before they are copied
 LOCK_TIMEOUT_S = 30.0
+MAX_FILTER_KEYS = 100  # SQLite refuses expressions past 1000 terms deep
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Step-by-step schema migrations: MIGRATIONS[i] takes schema version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -444,15 +447,15 @@ class Store:
 
     def ids_matching(self, equals: dict[str, Any]) -> np.ndarray:
         """Ids of live rows whose metadata has each key equal to the given value."""
+        if len(equals) > MAX_FILTER_KEYS:
+            raise BadInputError(
+                f"a filter may hold at most {MAX_FILTER_KEYS} keys; this one has {len(equals)}"
+            )
         clauses, params = [], []
         for name, value in equals.items():
-            if value is not None and not isinstance(value, (str, int, float)):
-                raise BadInputError(
-                    f"filter value for {name!r} must be a string, number, boolean or null"
-                )
             clauses.append("json_extract(metadata, ?) IS ?")
             params.append(_json_path(name))
-            params.append(value if not isinstance(value, bool) else int(value))
+            params.append(_filter_value(name, value))
         where = " AND ".join(["deleted = 0", *clauses])
         ids = [r[0] for r in self._select(f"SELECT id FROM items WHERE {where}", params)]
         return np.asarray(ids, dtype=np.int64)
@@ -496,6 +499,24 @@ class Store:
 
 
 def _json_path(name: str) -> str:
+    if not isinstance(name, str):
+        raise BadInputError(f"filter field {name!r} must be a string")
+    if "\x00" in name:
+        raise BadInputError(f"filter field {name!r} must not hold NUL characters")
     if not name or any(c in name for c in '."[]$'):
         raise BadInputError(f"filter field {name!r} must be a plain metadata key")
     return f'$."{name}"'
+
+
+def _filter_value(name: str, value: Any) -> Any:
+    """``value`` as SQLite compares it: refused where SQLite would fail or match wrongly."""
+    if isinstance(value, bool):
+        return int(value)  # JSON true is stored as 1
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise BadInputError(f"filter value for {name!r} is beyond 64-bit integers: {value}")
+    if isinstance(value, float) and not math.isfinite(value):
+        # SQLite binds NaN as NULL, which would match every row lacking the key
+        raise BadInputError(f"filter value for {name!r} must be a finite number, not {value}")
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise BadInputError(f"filter value for {name!r} must be a string, number, boolean or null")
+    return value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -23,9 +22,10 @@ from .. import __version__
 from ..collection import Collection
 from ..errors import BadInputError, ImageError, NotFoundError
 from ..fetch import is_url
+from ..imaging import ImageLimits, decode_image
 from ..types import Hit, Item
 from . import compat, errors
-from .bodies import decode_base64, item_name, links, read_json, relative_path
+from .bodies import decode_base64, item_name, links, parse_json, read_json, relative_path
 from .fetching import FetchWork
 from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
@@ -213,7 +213,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         """Add images: uploaded files (multipart field ``files``, optional ``metadata``, a JSON
         list) or URLs (JSON body ``{"urls": [...], "metadata": [...]}``)."""
         collection = served[name]
-        images, metadata = await _add_body(request)
+        images, metadata = await _add_body(request, collection.limits)
         fetches = any(isinstance(image, str) for image in images)  # URLs, not uploads
         run = served.url_work.run if fetches else run_in_threadpool
         report = await run(functools.partial(collection.add_images, images, metadata=metadata))
@@ -291,7 +291,9 @@ async def _search_body(request: Request) -> SearchBody:
     return SearchBody.model_validate(await read_json(request))
 
 
-async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] | None]:
+async def _add_body(
+    request: Request, limits: ImageLimits
+) -> tuple[list[Any], list[dict[str, Any]] | None]:
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form(max_files=1000, max_fields=10)
@@ -299,8 +301,9 @@ async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] |
         if not files:
             raise BadInputError("upload images in the multipart field 'files'")
         images = [await f.read() for f in files]
-        for data, upload in zip(images, files, strict=True):
-            _require_image(data, upload.filename or "upload")
+        names = [f.filename or "upload" for f in files]
+        # decoding takes up to a second an image: on the event loop it would stall every request
+        await run_in_threadpool(_require_images, images, names, limits)
         raw = form.get("metadata")
         metadata = _form_value("metadata", raw) if isinstance(raw, str) and raw else None
         if metadata is not None and not (
@@ -316,21 +319,17 @@ async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] |
     return list(body.urls), body.metadata
 
 
-def _require_image(data: bytes, name: str) -> None:
-    from ..imaging import decode_image
-
-    try:
-        decode_image(data, min_side=THUMBNAIL_PROBE)  # JPEGs decode downscaled: cheap
-    except ImageError as error:
-        raise ImageError(f"{name}: {error}") from None
+def _require_images(images: list[bytes], names: list[str], limits: ImageLimits) -> None:
+    for data, name in zip(images, names, strict=True):
+        try:
+            decode_image(data, limits=limits, min_side=THUMBNAIL_PROBE)  # JPEGs: downscaled
+        except ImageError as error:
+            raise ImageError(f"{name}: {error}") from None
 
 
 def _form_value(field: str, value: str) -> Any:
     if field in {"filter", "exclude_ids", "metadata"}:
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise BadInputError(f"form field {field!r} must be JSON") from None
+        return parse_json(value, f"form field {field!r}")
     return value
 
 

@@ -30,11 +30,17 @@ async def read_json(request: Request) -> Any:
     """The body parsed as JSON."""
     # clip-retrieval's client posts JSON without a content type, so the body is parsed as JSON
     # whatever the header says
-    raw = await request.body()
+    return parse_json(await request.body(), "the body")
+
+
+def parse_json(raw: str | bytes, what: str) -> Any:
+    """``raw`` parsed as JSON; ``what`` names it in the error."""
     try:
         return json.loads(raw)
+    except RecursionError:  # the C parser recurses once per level: "[[[[...]]]]" 100,000 deep
+        raise BadInputError(f"{what} nests JSON too deep") from None
     except (ValueError, UnicodeDecodeError):
-        raise BadInputError("the body must be JSON") from None
+        raise BadInputError(f"{what} must be JSON") from None
 
 
 def links(name: str, item: Item) -> tuple[str, str]:

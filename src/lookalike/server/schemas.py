@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ..query import QUERY_KINDS
 
@@ -16,6 +16,15 @@ PATH_DOC = (
 )
 
 
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would take true for 1
+        raise ValueError("an id must be an integer, not a boolean")
+    return value
+
+
+ImageId = Annotated[int, BeforeValidator(_not_a_boolean)]
+
+
 class QueryKinds(BaseModel):
     """The query kinds a search or a query part may hold."""
 
@@ -24,7 +33,7 @@ class QueryKinds(BaseModel):
     text: str | None = Field(None, max_length=2000)
     image: str | None = Field(None, description="base64-encoded image bytes")
     url: str | None = Field(None, max_length=8192)
-    id: int | None = None
+    id: ImageId | None = None
     vector: list[float] | None = Field(None, max_length=65536)
 
 
@@ -54,7 +63,7 @@ class SearchBody(QueryKinds):
     filter: dict[str, MetadataValue] | None = Field(
         None, description="keep rows whose metadata equals each value"
     )
-    exclude_ids: list[int] = Field(default_factory=list, max_length=100_000)
+    exclude_ids: list[ImageId] = Field(default_factory=list, max_length=100_000)
     include_self: bool = False
     dedupe: float | None = Field(
         None, gt=0, le=1, description="drop near-duplicates at this cosine"
@@ -202,5 +211,5 @@ class MetadataBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    ids: list[int] = Field(..., max_length=10_000)
+    ids: list[ImageId] = Field(..., max_length=10_000)
     indice_name: str | None = None
