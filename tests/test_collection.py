@@ -692,7 +692,10 @@ def test_uncommitted_vector_tail_is_ignored_then_truncated(make_col, tmp_path: P
     col.close()
     shard = tmp_path / "col" / "vectors" / "00000.f32"
     assert shard.stat().st_size == 8 * 32 * 4
-    with open(shard, "ab") as f:  # a crashed writer: 2.5 vectors never committed
+    # a crashed writer: it recorded how far its vectors would reach, wrote 2.5 of them, died
+    with sqlite3.connect(tmp_path / "col" / "rows.sqlite") as db:
+        db.execute("UPDATE meta SET value = '11' WHERE key = 'pending_count'")
+    with open(shard, "ab") as f:
         f.write(np.random.default_rng(0).random(80, dtype=np.float32).tobytes())
 
     with Collection.open(tmp_path / "col") as reader:
