@@ -563,7 +563,8 @@ class Collection:
 
     def verify(self, *, repair: bool = False) -> VerifyReport:
         """Check rows, vectors, index and files agree; with ``repair``, fix what can be fixed
-        (truncate an interrupted write, rebuild the index) without losing rows."""
+        without losing rows or vectors (see :func:`lookalike.verify.verify_path` for a
+        collection whose database is too damaged to open)."""
         return verify(self, repair=repair)
 
     def items(self) -> Iterable[Item]:
