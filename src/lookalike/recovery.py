@@ -12,6 +12,7 @@ Images whose rows were lost come back when their sources are indexed again.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import sqlite3
@@ -224,24 +225,44 @@ def _add_scanned_rows(salvage: _Salvage, database: Path) -> None:
 def _leaf_records(database: Path) -> Iterator[tuple[int, list[Any]]]:
     """(rowid, values) of every record in the table leaf pages of a database file and of its
     write-ahead log, whatever the b-tree above them."""
-    data = database.read_bytes()
-    size = int.from_bytes(data[16:18], "big") if len(data) >= 100 else 4096
-    page_size = 65536 if size == 1 else size
-    if page_size < 512 or page_size & (page_size - 1):
-        page_size = 4096  # the header is damaged too: the size lookalike's databases use
-    usable = page_size - (data[20] if len(data) > 20 else 0)
-    pages = [data[i : i + page_size] for i in range(0, len(data) - page_size + 1, page_size)]
-    wal = Path(f"{database}-wal")
-    if wal.exists():
-        log = wal.read_bytes()
-        frame = 24 + page_size
-        pages += [log[i + 24 : i + frame] for i in range(32, len(log) - frame + 1, frame)]
-    for number, page in enumerate(pages):
-        yield from _page_records(page, 100 if number == 0 else 0, usable, pages)
+    if database.stat().st_size < 512:
+        return
+    with open(database, "rb") as handle, mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ) as data:
+        size = int.from_bytes(data[16:18], "big")
+        page_size = 65536 if size == 1 else size
+        if page_size < 512 or page_size & (page_size - 1):
+            page_size = 4096  # the header is damaged too: the size lookalike's databases use
+        usable = page_size - data[20]
+        logged: list[bytes] = []
+        wal = Path(f"{database}-wal")
+        if wal.exists():  # checkpointed every ~1000 pages: small
+            log = wal.read_bytes()
+            frame = 24 + page_size
+            logged = [log[i + 24 : i + frame] for i in range(32, len(log) - frame + 1, frame)]
+        pages = _Pages(data, page_size, logged)
+        for number in range(len(pages)):
+            yield from _page_records(pages[number], 100 if number == 0 else 0, usable, pages)
+
+
+class _Pages:
+    """The pages of a memory-mapped database file (not read whole: it can be large), then
+    those of its log; a page number ``n`` of an overflow chain is ``pages[n - 1]``."""
+
+    def __init__(self, data: mmap.mmap, page_size: int, logged: list[bytes]) -> None:
+        self.data, self.page_size, self.logged = data, page_size, logged
+        self.in_file = len(data) // page_size
+
+    def __len__(self) -> int:
+        return self.in_file + len(self.logged)
+
+    def __getitem__(self, n: int) -> bytes:
+        if n >= self.in_file:
+            return self.logged[n - self.in_file]
+        return self.data[n * self.page_size : (n + 1) * self.page_size]
 
 
 def _page_records(
-    page: bytes, start: int, usable: int, pages: list[bytes]
+    page: bytes, start: int, usable: int, pages: _Pages
 ) -> Iterator[tuple[int, list[Any]]]:
     """The records of one page if it is a table leaf page; nothing otherwise."""
     if len(page) < start + 8 or page[start] != 0x0D:
@@ -259,7 +280,7 @@ def _page_records(
             continue  # a damaged cell
 
 
-def _payload(page: bytes, offset: int, length: int, usable: int, pages: list[bytes]) -> bytes:
+def _payload(page: bytes, offset: int, length: int, usable: int, pages: _Pages) -> bytes:
     """A cell's payload, following its overflow pages when it spills."""
     most = usable - 35
     if length <= most:
