@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import BadInputError, LookalikeError
@@ -84,11 +87,13 @@ def index(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add the images of SOURCES to a collection; images already there are skipped."""
+    """Add the images of SOURCES to a collection; images already there are skipped. Images
+    whose vectors were lost (marked by `verify --repair`) are embedded again first."""
     sources = sources or []
-    if not sources and not rebuild:
-        raise BadInputError("give SOURCES to index, or --rebuild")
     from .collection import MANIFEST, Collection
+
+    if not sources and not rebuild and not (collection / MANIFEST).exists():
+        raise BadInputError("give SOURCES to index, or --rebuild")
     from .encoders import DEFAULT_MODEL
     from .fetch import FetchPolicy
     from .sources import iter_source
@@ -111,18 +116,15 @@ def index(
             threads=threads,
         )
     total = sum(1 for source in sources for _ in iter_source(source))
+    options = {
+        "workers": _decode_workers() if workers is None else workers,
+        "batch_size": batch_size,
+        "strict": strict,
+    }
     with col, _progress(total, quiet=as_json) as progress:
-        reports = []
+        reports = [col.reembed(**options)]
         for source in sources:
-            reports.append(
-                col.add(
-                    source,
-                    progress=progress,
-                    workers=_decode_workers() if workers is None else workers,
-                    batch_size=batch_size,
-                    strict=strict,
-                )
-            )
+            reports.append(col.add(source, progress=progress, **options))
             progress.done_before += reports[-1].seen
         kind = col.rebuild_index() if rebuild else col.stats().index
     summary = {
@@ -259,7 +261,8 @@ def verify(
     repair: Annotated[
         bool,
         typer.Option(
-            help="Fix what can be fixed (interrupted writes, a stale index); rows are kept."
+            help="Fix what can be fixed (interrupted writes, a damaged database or index, "
+            "lost vectors, duplicate rows); rows and vectors are kept."
         ),
     ] = False,
     as_json: JsonOpt = False,
@@ -267,8 +270,9 @@ def verify(
     """Check that rows, vectors, index and files of a collection agree."""
     from dataclasses import asdict
 
-    with _open(collection) as col:
-        report = col.verify(repair=repair)
+    from .verify import verify_path
+
+    report = verify_path(collection, repair=repair)
     if as_json:
         out.print_json(data={**asdict(report), "ok": report.ok})
     else:
@@ -536,3 +540,18 @@ def main() -> None:
     except LookalikeError as error:
         err.print(f"[red]error:[/] {error}", highlight=False)
         sys.exit(1)
+    except OSError as error:  # a full disk, a vanished file: the reason, not a traceback
+        err.print(f"[red]error:[/] {escape(_os_error(error))}", highlight=False)
+        sys.exit(1)
+    except sqlite3.Error as error:
+        err.print(f"[red]error:[/] the collection database failed: {escape(str(error))}")
+        sys.exit(1)
+
+
+def _os_error(error: OSError) -> str:
+    """One line for an operating-system error, with advice for a full disk."""
+    where = f" ({error.filename})" if error.filename else ""
+    text = f"{error.strerror or error}{where}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += "; the batches committed so far are kept: free some space and run it again"
+    return text

@@ -149,22 +149,7 @@ class Collection:
     ) -> Collection:
         """Open an existing collection; its model loads on first need."""
         root = Path(path)
-        try:
-            manifest = json.loads((root / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise CollectionError(
-                f"{root} is not a lookalike collection "
-                f"(no {MANIFEST}); make one with Collection.create"
-            ) from None
-        except (OSError, ValueError) as error:
-            raise CollectionError(f"cannot read {root / MANIFEST}: {error}") from error
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-            found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise CollectionError(
-                f"{root} has collection format {found!r}; this lookalike "
-                f"reads format {FORMAT_VERSION}"
-            )
-        return cls(root, manifest, device=device, **options)
+        return cls(root, read_manifest(root), device=device, **options)
 
     def close(self) -> None:
         """Release files and locks."""
@@ -279,6 +264,20 @@ class Collection:
         elif self.store.live_count() >= FLAT_LIMIT:
             self.rebuild_index("ivf")
 
+    def reembed(self, *, progress: Progress | None = None, **options: Any) -> IngestReport:
+        """Embed again the images whose vectors were lost (rows that ``verify(repair=True)``
+        marked stale), from their stored paths or URLs: each gets a new id and its old row is
+        dropped. Rows added as vectors cannot be embedded here and are reported as failed."""
+        items, failed = [], []
+        for row in self.store.stale_rows():
+            if row.content_hash == content_hash(f"vector:{row.key}".encode()):
+                failed.append((row.key, "added as a vector: add it again with add_vectors"))
+            else:
+                items.append(SourceItem(row.key, row.metadata, *_stat(row.key)))
+        report = self._ingest(items, [], progress, options) if items else IngestReport()
+        report.failed.extend(failed)
+        return report
+
     def add_images(
         self,
         images: Sequence[str | os.PathLike[str] | bytes],
@@ -336,7 +335,8 @@ class Collection:
         """Add embeddings computed elsewhere (by this collection's model), one per locator.
 
         Vectors are normalised; each locator (path or URL) becomes the row's key, and its
-        content hash is derived from the locator since no image bytes are read.
+        content hash is derived from the locator since no image bytes are read. A locator
+        stored already keeps its row (its id is returned), so adding again duplicates nothing.
         """
         array = np.asarray(vectors, dtype=np.float32)
         if array.ndim != 2 or array.shape[1] != self.dim:
@@ -363,12 +363,26 @@ class Collection:
                 locators, array / norms, metas, shapes, strict=True
             )
         ]
-        with self.store.writing():
+        with self.store.writing():  # checked and added under the lock: writers may race
             ids: list[int] = []
             for start in range(0, len(rows), 100_000):
-                ids += self.store.add(rows[start : start + 100_000])
+                ids += self._add_new_keys(rows[start : start + 100_000])
             self._maintain_index()
         return ids
+
+    def _add_new_keys(self, rows: list[NewRow]) -> list[int]:
+        """Add the rows whose key is not stored yet (or waits for re-embedding); return every
+        row's id, stored or new."""
+        stored = self.store.live_by_keys([r.key for r in rows])
+        fresh: dict[str, NewRow] = {}
+        for row in rows:
+            known = stored.get(row.key)
+            if (known is None or known.stale) and row.key not in fresh:
+                fresh[row.key] = row
+        replaces = [stored[key].id for key in fresh if key in stored]
+        new_ids = self.store.add(list(fresh.values()), replaces=replaces)
+        ids = {key: stored[key].id for key in stored} | dict(zip(fresh, new_ids, strict=True))
+        return [ids[r.key] for r in rows]
 
     def remove(self, ids: Iterable[int] = (), paths: Iterable[str | os.PathLike[str]] = ()) -> int:
         """Remove images by id or by path/URL; returns how many were removed."""
@@ -423,6 +437,11 @@ class Collection:
         """Stored vectors of live ids."""
         view = self.store.view()
         for i in ids:
+            if view.unreadable is not None and 0 <= int(i) < view.count and view.unreadable[i]:
+                raise NotFoundError(
+                    f"the vector of image {i} was lost (a damaged vector file): "
+                    "`lookalike verify --repair` then `lookalike index` embed it again"
+                )
             if not 0 <= int(i) < view.count or view.deleted[int(i)]:
                 raise NotFoundError(f"no image with id {i}")
         return self.store.vectors.get(ids, view.count)
@@ -575,7 +594,8 @@ class Collection:
 
     def verify(self, *, repair: bool = False) -> VerifyReport:
         """Check rows, vectors, index and files agree; with ``repair``, fix what can be fixed
-        (truncate an interrupted write, rebuild the index) without losing rows."""
+        without losing rows or vectors (see :func:`lookalike.verify.verify_path` for a
+        collection whose database is too damaged to open)."""
         return verify(self, repair=repair)
 
     def items(self) -> Iterable[Item]:
@@ -585,6 +605,24 @@ class Collection:
     def roots(self) -> list[str]:
         """Folders the collection's files were indexed from (plus its uploads)."""
         return [*self.store.roots(), str((self.path / UPLOADS).resolve())]
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The collection manifest of ``root``, checked for a format this version reads."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise CollectionError(
+            f"{root} is not a lookalike collection (no {MANIFEST}); make one with Collection.create"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise CollectionError(f"cannot read {root / MANIFEST}: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise CollectionError(
+            f"{root} has collection format {found!r}; this lookalike reads format {FORMAT_VERSION}"
+        )
+    return manifest
 
 
 def _open_index(path: Path, vectors: Any) -> VectorIndex:

@@ -1,21 +1,27 @@
 """Checking a collection on disk (rows vs vectors vs index vs files) and repairing what can be
-repaired without losing rows."""
+repaired without losing rows or vectors."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .ivf import IvfIndex, has_ivf
+from .recovery import diagnose_database, rebuild_database
+from .store import DATABASE, Store, VectorShards, describe_ranges, id_ranges
 
 if TYPE_CHECKING:
     from .collection import Collection
 
 NORM_TOLERANCE = 1e-3
+SET_ASIDE = "set-aside"  # vectors no committed row accounts for, moved out of the shards
 
 
 @dataclass
@@ -25,6 +31,7 @@ class Problem:
     what: str
     repairable: bool
     repaired: bool = False
+    ids: list[int] = field(default_factory=list)  # the rows concerned, where there are some
 
 
 @dataclass
@@ -41,34 +48,173 @@ class VerifyReport:
         return all(p.repaired for p in self.problems)
 
 
-def verify(collection: Collection, *, repair: bool = False) -> VerifyReport:
+Repair = Callable[[], None]
+
+
+def verify_path(path: str | os.PathLike[str], *, repair: bool = False) -> VerifyReport:
+    """Check the collection at ``path``, its database first (which may be too damaged, or
+    missing, for the collection to open); with ``repair``, fix what can be fixed."""
+    from .collection import Collection, read_manifest
+
+    root = Path(path)
+    dim = int(read_manifest(root)["dim"])
+    report = VerifyReport()
+    damage = diagnose_database(root, dim)
+    if damage is not None:
+        report.problems.append(Problem(damage.what, damage.repairable))
+        if not (repair and damage.repairable):
+            report.vectors = VectorShards(root / "vectors", dim).stored_count()
+            return report
+        rebuilt = rebuild_database(root, dim)
+        report.problems[0] = Problem(f"{damage.what}; {rebuilt.what}", True, True, rebuilt.lost)
+    with Collection.open(root) as collection:
+        inner = verify(collection, repair=repair, database_checked=True)
+    report.rows, report.vectors = inner.rows, inner.vectors
+    report.problems += inner.problems
+    return report
+
+
+def verify(
+    collection: Collection, *, repair: bool = False, database_checked: bool = False
+) -> VerifyReport:
     """Check rows, vectors, index and files; with ``repair``, fix what can be fixed."""
     store = collection.store
     report = VerifyReport()
-    # taking the writer lock truncates an interrupted write's tail: look before it does
-    tail = _check_shards(collection, store.view().count, report)
-    with store.writing() if repair else nullcontext():
+    # check=False: the lock must neither truncate nor refuse what is about to be looked at
+    with store.writing(check=False) if repair else nullcontext():
         view = store.view()
         report.vectors = view.count
-        _check_database(collection, report)
+        if not database_checked:
+            _check_database(collection, report)
         _check_rows(collection, view.count, report)
+        _check_stale(collection, report)
+        repairs = [
+            _check_gaps(store, view.count, report),
+            _check_tail(collection, view.count, report),
+            _check_keys(store, report),
+        ]
         _check_vectors(collection, view.count, view.deleted, report)
-        stale_index = _check_index(collection, view.count, report)
+        repairs.append(_check_index(collection, view.count, report))
         _check_files(collection, report)
         if repair:
-            if tail:
-                store.vectors.truncate(view.count)
-                tail.repaired = True
-            if stale_index:
-                collection.rebuild_index("ivf")
-                stale_index.repaired = True
+            for problem, fix in (r for r in repairs if r is not None):
+                fix()
+                problem.repaired = True
     return report
 
 
 def _check_database(collection: Collection, report: VerifyReport) -> None:
     answer = collection.store.integrity_check()
     if answer != "ok":
-        report.problems.append(Problem(f"rows.sqlite integrity check failed: {answer}", False))
+        report.problems.append(
+            Problem(
+                f"{DATABASE} integrity check failed: {answer}; `lookalike verify --repair` "
+                "rebuilds it once nothing else has the collection open",
+                False,
+            )
+        )
+
+
+def _check_stale(collection: Collection, report: VerifyReport) -> None:
+    rows = collection.store.stale_rows()
+    if rows:
+        ids = [r.id for r in rows]
+        report.problems.append(
+            Problem(
+                f"{len(rows)} images wait to be embedded again after their vectors were lost "
+                f"(ids {describe_ranges(id_ranges(ids))}): run "
+                f"`lookalike index --collection {collection.path}`",
+                False,
+                ids=ids,
+            )
+        )
+
+
+def _check_gaps(store: Store, count: int, report: VerifyReport) -> tuple[Problem, Repair] | None:
+    gaps = store.vectors.missing(count)
+    if not gaps:
+        return None
+    rows = store.rows([i for start, stop in gaps for i in range(start, stop)])
+    live = sorted(i for i, row in rows.items() if not row.deleted and not row.stale)
+    examples = ", ".join(rows[i].key for i in live[:3])
+    problem = Problem(
+        f"the vector files lack the vectors of {sum(b - a for a, b in gaps)} committed rows "
+        f"(ids {describe_ranges(gaps)}), {len(live)} of them live images"
+        f"{f' (e.g. {examples})' if examples else ''}; searches skip them: --repair marks them "
+        "to be embedded again, which `lookalike index` then does",
+        True,
+        ids=live,
+    )
+    report.problems.append(problem)
+
+    def fix() -> None:
+        store.mark_stale(live)  # first: zeros must never pass for their vectors
+        store.vectors.pad(count)
+
+    return problem, fix
+
+
+def _check_tail(
+    collection: Collection, count: int, report: VerifyReport
+) -> tuple[Problem, Repair] | None:
+    store = collection.store
+    past = store.vectors.stored_past(count)
+    if not past:
+        return None
+    if past <= store.pending_count() - count:
+        problem = Problem(
+            f"{past} uncommitted vectors past the committed count (left by an interrupted write)",
+            True,
+        )
+        report.problems.append(problem)
+        return problem, lambda: store.vectors.truncate(count)
+    if count == 0:
+        report.problems.append(
+            Problem(
+                f"{DATABASE} records no rows but the vector files hold {past} vectors: it was "
+                "replaced or emptied, and the rows of these vectors (paths, metadata) are lost. "
+                f"Restore {DATABASE} from a backup, or index the sources again into a new "
+                "collection",
+                False,
+            )
+        )
+        return None
+    target = (
+        collection.path / SET_ASIDE / f"vectors-from-{count}-{time.strftime('%Y%m%d-%H%M%S')}.f32"
+    )
+    problem = Problem(
+        f"{past} vectors past the {count} committed rows, more than an interrupted write "
+        f"leaves ({DATABASE} replaced or restored from an older copy?): --repair moves them "
+        f"to {target.relative_to(collection.path)}",
+        True,
+    )
+    report.problems.append(problem)
+
+    def fix() -> None:
+        target.parent.mkdir(exist_ok=True)
+        store.vectors.set_aside(count, target)
+
+    return problem, fix
+
+
+def _check_keys(store: Store, report: VerifyReport) -> tuple[Problem, Repair] | None:
+    duplicates = store.duplicate_keys()
+    if not duplicates:
+        return None
+    extra = sorted(i for ids in duplicates.values() for i in ids[:-1])
+    problem = Problem(
+        f"{len(duplicates)} paths or URLs are stored more than once ({len(extra)} extra rows, "
+        f"ids {describe_ranges(id_ranges(extra))}; e.g. {next(iter(duplicates))}): --repair "
+        "keeps the latest row of each",
+        True,
+        ids=extra,
+    )
+    report.problems.append(problem)
+
+    def fix() -> None:
+        store.mark_deleted(extra)
+
+    return problem, fix
 
 
 def _check_rows(collection: Collection, count: int, report: VerifyReport) -> None:
@@ -84,32 +230,9 @@ def _check_rows(collection: Collection, count: int, report: VerifyReport) -> Non
         )
 
 
-def _check_shards(collection: Collection, count: int, report: VerifyReport) -> Problem | None:
-    stored = collection.store.vectors.stored_count()
-    if stored < count:
-        report.problems.append(
-            Problem(
-                f"vector files hold {stored} vectors but {count} rows are committed: re-index the "
-                "missing images",
-                False,
-            )
-        )
-    elif stored > count:
-        problem = Problem(
-            f"{stored - count} uncommitted vectors past the committed count "
-            "(left by an interrupted write)",
-            True,
-        )
-        report.problems.append(problem)
-        return problem
-    return None
-
-
 def _check_vectors(
     collection: Collection, count: int, deleted: np.ndarray, report: VerifyReport
 ) -> None:
-    if collection.store.vectors.stored_count() < count:
-        return
     bad = 0
     for start, block in collection.store.vectors.chunks(count):
         norms = np.linalg.norm(block, axis=1)
@@ -119,7 +242,9 @@ def _check_vectors(
         report.problems.append(Problem(f"{bad} stored vectors are not finite unit vectors", False))
 
 
-def _check_index(collection: Collection, count: int, report: VerifyReport) -> Problem | None:
+def _check_index(
+    collection: Collection, count: int, report: VerifyReport
+) -> tuple[Problem, Repair] | None:
     if not has_ivf(collection.path):
         return None
     try:
@@ -137,7 +262,11 @@ def _check_index(collection: Collection, count: int, report: VerifyReport) -> Pr
             True,
         )
     report.problems.append(problem)
-    return problem
+
+    def fix() -> None:
+        collection.rebuild_index("ivf")
+
+    return problem, fix
 
 
 def _check_files(collection: Collection, report: VerifyReport) -> None:
