@@ -469,8 +469,12 @@ INGEST_SCRIPT = textwrap.dedent(
     from pathlib import Path
 
     def peak_mb():
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes there, KiB here
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+        # Linux: VmHWM, since ru_maxrss survives exec and would report the parent's peak
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+        except OSError:  # macOS: ru_maxrss in bytes, and its own
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     def main():
         args = json.loads(sys.argv[1])
@@ -755,8 +759,12 @@ DECODE_SCRIPT = textwrap.dedent(
     from lookalike.imaging import decode_image
 
     def peak_mb():
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes there, KiB here
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+        # Linux: VmHWM, since ru_maxrss survives exec and would report the parent's peak
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+        except OSError:  # macOS: ru_maxrss in bytes, and its own
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     data = open(sys.argv[1], "rb").read()
     before, started = peak_mb(), time.monotonic()
