@@ -13,11 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
 
 from lookalike.demo import draw_image
+
+if TYPE_CHECKING:
+    from lookalike.server import ServerSettings
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -138,14 +142,21 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 
 
 @contextlib.contextmanager
-def serve_app(app: object) -> Iterator[str]:
-    """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""
+def serve_app(app: object, settings: ServerSettings | None = None) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL.
+    With ``settings``, uvicorn runs as ``lookalike serve`` runs it (connection limits, proxy
+    trust)."""
     import uvicorn
+
+    from lookalike.server.connections import uvicorn_options
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options = uvicorn_options(settings) if settings is not None else {}
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

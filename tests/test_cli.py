@@ -245,6 +245,37 @@ def test_index_again_then_remove(tiny_clip, tmp_path: Path, monkeypatch, capsys)
     one_line_error(err, "open_clip:RN50")
 
 
+def test_a_full_disk_is_one_line_and_keeps_what_was_committed(
+    tiny_clip, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    write_images(tmp_path / "imgs", 6)
+    col = tmp_path / "col"
+    Collection.create(col, tiny_clip[0], weights=tiny_clip[1]).close()
+    (col / "vectors" / "00000.f32").symlink_to("/dev/full")  # every write: ENOSPC
+    code, _, err = run_main(monkeypatch, capsys, "index", tmp_path / "imgs", "-c", col)
+    assert code == 1
+    one_line_error(err, "No space left on device", "free some space")
+    with Collection.open(col) as opened:
+        assert len(opened) == 0
+
+
+def test_a_missing_vector_shard_is_reported_not_a_traceback(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    col = tmp_path / "col"
+    with Collection.create(col, "vectors:4") as made:
+        made.add_vectors(np.eye(4), [f"https://example.com/{i}" for i in range(4)])
+    (col / "vectors" / "00000.f32").unlink()
+    code, out, err = run_main(monkeypatch, capsys, "search", col, "--vector", "1,0,0,0")
+    assert (code, "Traceback" in err) == (0, False)
+    code, _, err = run_main(monkeypatch, capsys, "remove", col, "--id", "1")
+    assert code == 1
+    one_line_error(err, "lack the vectors of 4 committed rows", "verify --repair")
+    code, out, err = run_main(monkeypatch, capsys, "verify", col)
+    assert code == 1 and "Traceback" not in err
+    assert "ids 0..3" in out
+
+
 def test_index_reports_broken_files_and_strict_stops(
     tiny_clip, tmp_path: Path, monkeypatch, capsys
 ) -> None:

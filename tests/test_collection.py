@@ -449,6 +449,30 @@ def test_newer_schema_is_refused(make_col, tmp_path: Path) -> None:
         Collection.open(tmp_path / "col")
 
 
+def test_a_collection_of_schema_version_1_opens_and_is_upgraded(tmp_path: Path) -> None:
+    from lookalike.store import MIGRATIONS, SCHEMA_VERSION
+
+    Collection.create(tmp_path / "col", "vectors:4").close()
+    database = tmp_path / "col" / "rows.sqlite"
+    database.unlink()
+    with sqlite3.connect(database) as db:  # what lookalike wrote before the stale column
+        db.executescript(MIGRATIONS[0])
+        db.executemany(
+            "INSERT INTO items (id, key, content_hash, width, height, bytes, added_at) "
+            "VALUES (?, ?, ?, 1, 1, 0, 0)",
+            [(i, f"https://example.com/{i}", f"h{i}") for i in range(3)],
+        )
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'vector_count'")
+        db.execute("PRAGMA user_version = 1")
+    np.eye(4, dtype=np.float32)[:3].tofile(tmp_path / "col" / "vectors" / "00000.f32")
+    with Collection.open(tmp_path / "col") as col:
+        assert [h.id for h in col.search(vector=[1, 0, 0, 0], k=1)] == [0]
+        assert col.add_vectors(np.eye(4)[3:], ["https://example.com/3"]) == [3]
+        assert col.verify().ok
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
 # -- incremental ingest ----------------------------------------------------------------------
 
 
@@ -701,7 +725,10 @@ def test_uncommitted_vector_tail_is_ignored_then_truncated(make_col, tmp_path: P
     col.close()
     shard = tmp_path / "col" / "vectors" / "00000.f32"
     assert shard.stat().st_size == 8 * 32 * 4
-    with open(shard, "ab") as f:  # a crashed writer: 2.5 vectors never committed
+    # a crashed writer: it recorded how far its vectors would reach, wrote 2.5 of them, died
+    with sqlite3.connect(tmp_path / "col" / "rows.sqlite") as db:
+        db.execute("UPDATE meta SET value = '11' WHERE key = 'pending_count'")
+    with open(shard, "ab") as f:
         f.write(np.random.default_rng(0).random(80, dtype=np.float32).tobytes())
 
     with Collection.open(tmp_path / "col") as reader:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import ipaddress
 import shutil
 import socket
 import socketserver
 import ssl
 import subprocess
+import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -18,7 +22,16 @@ import pytest
 
 import lookalike.fetch as fetch_module
 from lookalike.errors import FetchError
-from lookalike.fetch import DEFAULT_POLICY, FetchPolicy, check_address, fetch, is_url
+from lookalike.fetch import (
+    DEFAULT_POLICY,
+    Deadline,
+    FetchPolicy,
+    check_address,
+    fetch,
+    fetch_all,
+    fetch_each,
+    is_url,
+)
 
 OPEN = FetchPolicy(allow_private=True)  # the test servers live on loopback
 
@@ -152,8 +165,30 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.server.stop.wait(10)
 
+    def route_gzip(self, arg: str, query: str) -> None:  # despite Accept-Encoding: identity
+        self.reply(200, gzip.compress(b"hello"), Content_Encoding="gzip")
+
+    def route_identity(self, arg: str, query: str) -> None:
+        self.reply(200, b"hello", Content_Encoding="identity")
+
+    def route_bomb(self, arg: str, query: str) -> None:  # a few KB that inflate to 256 MB
+        self.reply(200, _gzip_bomb(), Content_Encoding="gzip, gzip")
+
+    def route_delay(self, arg: str, query: str) -> None:  # answers after `arg` seconds
+        if not self.server.stop.wait(float(arg)):
+            self.reply(200, b"hello")
+
     def route_404(self, arg: str = "", query: str = "") -> None:
         self.reply(404, b"not here")
+
+
+@functools.cache
+def _gzip_bomb(inflated: int = 256 << 20) -> bytes:
+    """`inflated` zero bytes gzipped twice: a few kilobytes on the wire."""
+    inner = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    zeros = bytes(1 << 20)
+    layer = b"".join([inner.compress(zeros) for _ in range(inflated >> 20)] + [inner.flush()])
+    return gzip.compress(layer)
 
 
 class Server(ThreadingHTTPServer):
@@ -460,6 +495,51 @@ def test_size_limit_without_content_length(server: Server) -> None:
         fetch(server.url("/chunked/-1"), policy)  # endless
 
 
+def test_compressed_response_refused(server: Server) -> None:
+    with pytest.raises(
+        FetchError, match=r"refused: compressed response \(Content-Encoding: gzip\)"
+    ):
+        fetch(server.url("/gzip"), OPEN)
+    assert fetch(server.url("/identity"), OPEN) == b"hello"
+    assert server.requests[0][1]["Accept-Encoding"] == "identity"
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a big test
+# process would report its parent's peak
+_PEAK_MEMORY = """
+import sys
+from lookalike.errors import FetchError
+from lookalike.fetch import FetchPolicy, fetch
+
+def status_kb(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field))
+
+idle = status_kb("VmRSS:")
+try:
+    print("fetched", len(fetch(sys.argv[1], FetchPolicy(allow_private=True))))
+except FetchError as error:
+    print(error)
+print(status_kb("VmHWM:") - idle)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for memory use")
+def test_compression_bomb_is_refused_before_inflating(server: Server) -> None:
+    """A 2-layer gzip bomb (256 MB from a few KB) must not be inflated: peak memory stays flat."""
+    assert len(_gzip_bomb()) < 10_000
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY, server.url("/bomb")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    message, peak_kb = done.stdout.splitlines()
+    assert int(peak_kb) < 200 * 1024, f"peak memory grew by {int(peak_kb) // 1024} MB"
+    assert "Content-Encoding: gzip, gzip" in message
+
+
 def test_http_error_status(server: Server) -> None:
     url = server.url("/404")
     with pytest.raises(FetchError, match=f"HTTP 404 from {url}"):
@@ -481,6 +561,58 @@ def test_read_timeout(server: Server) -> None:
     with pytest.raises(FetchError, match=r"timed out after 0\.3 s waiting for 127\.0\.0\.1"):
         fetch(server.url("/stall"), policy)
     assert time.monotonic() - start < 2
+
+
+# --- one deadline for all the URLs of a request --------------------------------------------------
+
+
+def test_a_requests_urls_are_fetched_at_once(server: Server) -> None:
+    start = time.monotonic()
+    assert fetch_all([server.url("/delay/0.5")] * 4, OPEN) == [b"hello"] * 4
+    assert time.monotonic() - start < 1.5  # one after another would take 2 s
+
+
+def test_one_deadline_for_all_of_a_requests_urls(server: Server) -> None:
+    policy = FetchPolicy(allow_private=True, deadline=1.0, total_timeout=30)
+    start = time.monotonic()
+    with pytest.raises(FetchError, match=r"timed out: this request's URLs took more than 1 s"):
+        fetch_all([server.url("/slow"), server.url("/slow-headers")] * 3, policy)
+    assert 0.9 < time.monotonic() - start < 2
+
+
+def test_the_first_failure_stops_the_other_fetches(server: Server) -> None:
+    start = time.monotonic()
+    with pytest.raises(FetchError, match="HTTP 404"):
+        fetch_all([server.url("/stall"), server.url("/slow"), server.url("/404")], OPEN)
+    assert time.monotonic() - start < 1  # not the stall's 5 s read timeout, nor the deadline
+
+
+def test_fetch_each_reports_every_url_within_one_deadline(server: Server) -> None:
+    policy = FetchPolicy(allow_private=True, deadline=1.0, parallel=2)
+    urls = [server.url(p) for p in ("/ok", "/slow", "/404", "/slow", "/ok", "/ok")]
+    start = time.monotonic()
+    outcomes = list(fetch_each(urls, policy))
+    assert 0.9 < time.monotonic() - start < 2
+    assert outcomes[0] == b"hello"
+    assert [str(o) for o in outcomes[1:4:2]] == [
+        "timed out: this request's URLs took more than 1 s"
+    ] * 2
+    assert "HTTP 404" in str(outcomes[2])
+    assert all(isinstance(o, FetchError) for o in outcomes[1:4])
+    # the fetches queued behind the slow ones start after the deadline and fail at once
+    assert [type(o) for o in outcomes[4:]] == [FetchError, FetchError]
+
+
+def test_a_cancelled_deadline_ends_running_fetches(server: Server) -> None:
+    deadline = Deadline(None)
+    threading.Timer(0.3, deadline.cancel, ["stopped by the test"]).start()
+    start = time.monotonic()
+    with pytest.raises(FetchError, match="stopped by the test"):
+        fetch(server.url("/stall"), OPEN, deadline)
+    assert time.monotonic() - start < 1
+    with pytest.raises(FetchError, match="stopped by the test"):
+        fetch(server.url("/ok"), OPEN, deadline)
+    assert server.paths == ["/stall"]
 
 
 # --- https: the address is pinned, the certificate is checked against the name ----------------

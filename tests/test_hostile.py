@@ -111,6 +111,86 @@ def zeros_stream(width: int, height: int, bits_per_pixel: int) -> bytes:
     return b"".join(rows) + packer.flush()
 
 
+def zeros_zlib(size: int, block: int = MB) -> bytes:
+    """A zlib stream of ``size`` zero bytes, made in milliseconds: one fully flushed block of
+    deflate (which refers to nothing before it) repeated, then the rest."""
+    head = zlib.compressobj(9, zlib.DEFLATED, -15)
+    repeated = head.compress(bytes(block)) + head.flush(zlib.Z_FULL_FLUSH)
+    tail = zlib.compressobj(9, zlib.DEFLATED, -15)
+    rest = tail.compress(bytes(size % block)) + tail.flush()
+    adler = ((size % 65521) << 16) | 1  # the Adler-32 of zeros
+    return b"\x78\xda" + repeated * (size // block) + rest + struct.pack(">I", adler)
+
+
+def zeros_png(width: int, height: int, colour: int = 0) -> bytes:
+    """A valid all-zero 8-bit PNG of any size (gray, RGB or RGBA by ``colour``), tiny."""
+    bands = {0: 1, 2: 3, 6: 4}[colour]
+    return png(width, height, colour=colour, idat=zeros_zlib((1 + width * bands) * height))
+
+
+def ico_holding(frame: bytes, declared: int = 16) -> bytes:
+    """An icon whose one directory entry declares ``declared`` pixels a side over ``frame``."""
+    entry = struct.pack("<BBBBHHII", declared, declared, 0, 0, 1, 32, len(frame), 22)
+    return struct.pack("<HHH", 0, 1, 1) + entry + frame
+
+
+def gif_frame_beyond_screen(width: int, height: int) -> bytes:
+    """A 16x16 GIF whose first frame's descriptor claims ``width`` x ``height``."""
+    data = encode(noise(16, 16, 14).convert("P"), "GIF")
+    at = data.index(b"\x2c\x00\x00\x00\x00")  # the image descriptor, at (0, 0)
+    return data[: at + 5] + struct.pack("<HH", width, height) + data[at + 9 :]
+
+
+def tiff_tiled(width: int, height: int, tile: int) -> bytes:
+    """An 8-bit gray TIFF of ``width`` x ``height`` in one ``tile`` x ``tile`` tile of 16 bytes."""
+    tags = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (277, 3, 1, 1),
+        (322, 4, 1, tile),
+        (323, 4, 1, tile),
+        (324, 4, 1, 8),
+        (325, 4, 1, 16),
+    ]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags)
+    return b"II*\x00" + struct.pack("<I", 24) + b"\x00" * 16 + ifd + b"\x00" * 4
+
+
+def with_jpeg_size(data: bytes, width: int, height: int, start: int = 0) -> bytes:
+    """``data`` with the frame header of the JPEG starting at ``start`` claiming another size."""
+    out = bytearray(data)
+    at = start + 2
+    while out[at + 1] not in (0xC0, 0xC1, 0xC2):
+        at += 2 + struct.unpack(">H", out[at + 2 : at + 4])[0]
+    out[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(out)
+
+
+def tiff_second_page_claiming(width: int, height: int) -> bytes:
+    """A two-page TIFF whose small first page is followed by one claiming another size."""
+    pages = [Image.new("L", (16, 16), 90), Image.new("L", (16, 16), 160)]
+    data = bytearray(encode(pages[0], "TIFF", save_all=True, append_images=pages[1:]))
+    first = struct.unpack_from("<I", data, 4)[0]
+    (second,) = struct.unpack_from("<I", data, first + 2 + 12 * data[first])
+    (count,) = struct.unpack_from("<H", data, second)
+    for entry in range(second + 2, second + 2 + 12 * count, 12):
+        tag, kind = struct.unpack_from("<HH", data, entry)
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            struct.pack_into("<I" if kind == 4 else "<H", data, entry + 8, value)
+    return bytes(data)
+
+
+def mpo_second_frame_claiming(width: int, height: int) -> bytes:
+    """A two-frame MPO whose second frame's header claims another size."""
+    frames = [noise(16, 16, 15), noise(16, 16, 16)]
+    data = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    return with_jpeg_size(data, width, height, start=data.index(b"\xff\xd8\xff", 2))
+
+
 def with_chunk(png_data: bytes, chunk: bytes) -> bytes:
     """``png_data`` with ``chunk`` inserted right after IHDR."""
     return png_data[:33] + chunk + png_data[33:]
@@ -211,6 +291,21 @@ def random_bytes(seed: int, size: int) -> bytes:
     return data
 
 
+# Files whose real frame must be checked before decoding: each took 0.5 to 4 s and 250 to
+# 960 MB (ICO: 1.9 s, 678 MB; the 100-million-pixel row: 4 s, 957 MB) before decode_image did
+HIDDEN_BOMBS = {
+    # Pillow decodes an icon's largest declared frame while opening it
+    "ico_16x16_holding_13300x13300.ico": lambda: ico_holding(zeros_png(13_300, 13_300, 6)),
+    # under the pixel limit, but decoded and converted a whole 100 MB row at a time
+    "row_100000000x1.png": lambda: zeros_png(100_000_000, 1),
+    "gif_frame_12000x12000_on_16x16.gif": lambda: gif_frame_beyond_screen(12_000, 12_000),
+    "tile_16384x16384_of_16x16.tif": lambda: tiff_tiled(16, 16, 16_384),
+    # libjpeg keeps a progressive JPEG's coefficients at full size, whatever the draft scale
+    "progressive_444_12000x8300.jpg": lambda: with_jpeg_size(
+        encode(noise(16, 16, 17), "JPEG", progressive=True, subsampling=0), 12_000, 8_300
+    ),
+}
+
 # --- the corpus --------------------------------------------------------------------------------
 
 
@@ -304,6 +399,9 @@ def hostile_corpus() -> tuple[Hostile, ...]:
         TOO_MANY_FRAMES,
     )
     add("tiff_claims_1e8_strips.tif", tiff_claiming(16, 16, strips=100_000_000), CORRUPT)
+    # real sizes behind small declared ones: each took seconds and hundreds of MB to decode
+    for name, data in HIDDEN_BOMBS.items():
+        add(name, data(), TOO_LARGE)
 
     # zero sizes
     add("zero_by_zero.png", png(0, 0, idat=zlib.compress(b"")), CORRUPT)
@@ -371,8 +469,12 @@ INGEST_SCRIPT = textwrap.dedent(
     from pathlib import Path
 
     def peak_mb():
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes there, KiB here
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+        # Linux: VmHWM, since ru_maxrss survives exec and would report the parent's peak
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+        except OSError:  # macOS: ru_maxrss in bytes, and its own
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     def main():
         args = json.loads(sys.argv[1])
@@ -643,9 +745,65 @@ def test_rows_longer_than_pillows_read_blocks_take_linear_time() -> None:
     # wide) before decode_image let a block hold a row
     data = webp_claiming(8_000_000, 4)
     started = time.process_time()
-    decoded = decode_image(data, min_side=MODEL_SIDE)
+    decoded = decode_image(data, min_side=MODEL_SIDE, limits=ImageLimits(max_side=8_000_000))
     assert time.process_time() - started < 2
     assert (decoded.width, decoded.height) == (8_000_000, 4)
+
+
+# --- real frame sizes, checked before decoding, in a process of its own to measure its peak ----
+
+DECODE_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from lookalike.errors import BadInputError
+    from lookalike.imaging import decode_image
+
+    def peak_mb():
+        # Linux: VmHWM, since ru_maxrss survives exec and would report the parent's peak
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+        except OSError:  # macOS: ru_maxrss in bytes, and its own
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    data = open(sys.argv[1], "rb").read()
+    before, started = peak_mb(), time.monotonic()
+    try:
+        decoded = decode_image(data, min_side=224)
+        error = None
+    except BadInputError as exc:
+        error = str(exc)
+    print(json.dumps({
+        "error": error, "seconds": time.monotonic() - started, "growth_mb": peak_mb() - before
+    }))
+    """
+)
+
+# Containers of several frames decode their first alone: a later frame's size does not matter
+FIRST_FRAME_ONLY = {
+    "tiff_second_page_60000x60000.tif": lambda: tiff_second_page_claiming(60_000, 60_000),
+    "mpo_second_frame_60000x60000.jpg": lambda: mpo_second_frame_claiming(60_000, 60_000),
+}
+
+
+@pytest.mark.parametrize("name", [*HIDDEN_BOMBS, *FIRST_FRAME_ONLY])
+def test_real_frame_sizes_bound_decoding_time_and_memory(name: str, tmp_path: Path) -> None:
+    make = HIDDEN_BOMBS.get(name) or FIRST_FRAME_ONLY[name]
+    (tmp_path / name).write_bytes(make())
+    (tmp_path / "decode.py").write_text(DECODE_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "decode.py"), str(tmp_path / name)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-2000:]
+    result = json.loads(run.stdout)
+    if name in HIDDEN_BOMBS:
+        assert result["error"] and re.match(TOO_LARGE, result["error"]), result
+    else:
+        assert result["error"] is None, result
+    assert result["growth_mb"] < 100, result
+    assert result["seconds"] < 1, result
 
 
 # --- ingest, checked last: it ran meanwhile -----------------------------------------------------

@@ -72,6 +72,36 @@ def test_ico_round_trip() -> None:
     assert decoded.image.getpixel((5, 5)) == RED
 
 
+def icon_of(frame: bytes, declared: int = 16) -> bytes:
+    """An ICO whose one directory entry declares ``declared`` pixels a side over ``frame``."""
+    entry = struct.pack("<BBBBHHII", declared, declared, 0, 0, 1, 8, len(frame), 22)
+    return struct.pack("<HHH", 0, 1, 1) + entry + frame
+
+
+def icon_bitmap(side: int) -> bytes:
+    """An 8-bit BMP icon frame: header, palette, pixels, then the AND mask (whence height x2)."""
+    header = struct.pack("<IiiHHIIiiII", 40, side, 2 * side, 1, 8, 0, 0, 0, 0, 256, 0)
+    palette = b"".join(struct.pack("<BBBB", 0, 0, i, 0) for i in range(256))  # BGRX: reds
+    pixels = bytes([200]) * (-(-side // 4) * 4 * side)
+    mask = bytes(-(-side // 32) * 4 * side)  # all 0: opaque
+    return header + palette + pixels + mask
+
+
+@pytest.mark.filterwarnings("ignore:Image was not the expected size")
+@pytest.mark.parametrize("kind", ["PNG", "BMP"])
+def test_ico_frames_are_checked_at_their_real_size(kind: str) -> None:
+    # the directory declares 16x16; Pillow decoded the real frame while opening the file
+    frame = encode(Image.new("RGB", (200, 200), RED), "PNG") if kind == "PNG" else icon_bitmap(200)
+    data = icon_of(frame)
+    decoded = decode_image(data)
+    assert (decoded.width, decoded.height) == (200, 200)
+    assert close_to(decoded.image.getpixel((100, 100)), (200, 0, 0) if kind == "BMP" else RED)
+    with pytest.raises(ImageError, match="an ICO frame of 200x200 pixels exceeds the limit"):
+        decode_image(data, limits=ImageLimits(max_pixels=10_000))
+    with pytest.raises(ImageError, match="an ICO frame of 200x200 pixels has a side over"):
+        decode_image(data, limits=ImageLimits(max_side=199))
+
+
 @pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")
 def test_avif_round_trip() -> None:
     decoded = decode_image(encode(Image.new("RGB", (16, 8), RED), "AVIF"))
@@ -300,6 +330,30 @@ def test_pixel_limit_is_ours_not_pillows() -> None:
         decode_image(data, limits=ImageLimits(max_pixels=1_000_000))
 
 
+def test_each_side_is_bounded() -> None:
+    # 70000 pixels is well under the pixel limit, but the decoder takes it a whole row at a time
+    with pytest.raises(ImageError, match="70000x1 pixels has a side over the limit of 65535"):
+        decode_image(huge_png(70_000, 1))
+    with pytest.raises(ImageError, match="1x70000 pixels has a side over the limit of 65535"):
+        decode_image(huge_png(1, 70_000))
+    with pytest.raises(ImageError, match="300x2 pixels has a side over the limit of 200"):
+        decode_image(encode(noise(300, 2), "PNG"), limits=ImageLimits(max_side=200))
+    assert decode_image(encode(noise(300, 2), "PNG"), limits=ImageLimits(max_side=300)).width
+
+
+def test_progressive_jpeg_coefficients_count_at_full_size() -> None:
+    # libjpeg keeps 2 bytes a sample of a progressive image, however far a draft scales it:
+    # 2000x2000 at 4:4:4 is 24 MB, where the baseline image drafted to 250x250 takes 250 kB
+    image = Image.new("RGB", (2_000, 2_000), (90, 120, 30))
+    limits = ImageLimits(max_decode_bytes=20_000_000)
+    baseline = encode(image, "JPEG", subsampling=0)
+    assert decode_image(baseline, limits=limits, min_side=32).width == 2_000
+    progressive = encode(image, "JPEG", subsampling=0, progressive=True)
+    with pytest.raises(ImageError, match="2000x2000 multi-scan JPEG takes 24 MB, over the limit"):
+        decode_image(progressive, limits=limits, min_side=32)
+    assert decode_image(progressive, min_side=32).width == 2_000
+
+
 def test_zero_sized_image_refused() -> None:
     with pytest.raises(ImageError):
         decode_image(huge_png(0, 10))
@@ -329,6 +383,8 @@ def test_unreadable_paths(tmp_path) -> None:
 def test_defaults() -> None:
     assert ImageLimits().max_bytes == DEFAULT_LIMITS.max_bytes == 64 * 1024 * 1024
     assert DEFAULT_LIMITS.max_pixels == 100_000_000
+    assert DEFAULT_LIMITS.max_side == 65_535
+    assert DEFAULT_LIMITS.max_decode_bytes == 4 * DEFAULT_LIMITS.max_pixels  # RGBA at the limit
     assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tiff"} <= IMAGE_EXTENSIONS
     assert all(ext.startswith(".") and ext == ext.lower() for ext in IMAGE_EXTENSIONS)
 

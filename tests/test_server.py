@@ -34,7 +34,7 @@ from lookalike.server.settings import API_KEYS_ENV
 N = 30
 LARGE = 28  # a 600x400 image, for thumbnails that must shrink
 COPY = 29  # image 0 with one pixel changed: a near duplicate with other bytes
-HIT_KEYS = {"id", "score", "url", "thumbnail_url", "width", "height", "metadata"}
+HIT_KEYS = {"id", "score", "url", "thumbnail_url", "name", "path", "width", "height", "metadata"}
 SEARCH = "/v1/collections/photos/search"
 ITEMS = "/v1/collections/photos/items"
 MB = 1024 * 1024
@@ -447,6 +447,8 @@ def test_get_item(api: TestClient, shared: Shared) -> None:
         "id": item,
         "url": f"{ITEMS}/{item}/image",
         "thumbnail_url": f"{ITEMS}/{item}/thumbnail",
+        "name": shared.paths[12].name,
+        "path": None,  # hidden: the default
         "width": width,
         "height": height,
         "metadata": {"n": 12, "split": "train", "caption": "picture 12"},

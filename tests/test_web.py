@@ -16,7 +16,10 @@ from lookalike.demo import draw_image
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = Path("/tmp/lookalike-web.png")
+PHONE_SCREENSHOT = Path("/tmp/lookalike-web-phone.png")
 COLOURS = ["red", "green", "blue", "yellow", "purple"]
+LONG_NAME = "summer-holiday-photos-2024-camera-roll"
+REMOTE = "shots/remote%20shot.png?size=40"  # on the http_root server
 
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
     pytest.skip(
@@ -26,12 +29,15 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
 uvicorn = pytest.importorskip("uvicorn", reason="needs the server extra")
 
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from conftest import serve_app  # noqa: E402
+from conftest import encode, serve_app  # noqa: E402
 from lookalike import Collection  # noqa: E402
+from lookalike.fetch import FetchPolicy  # noqa: E402
 from lookalike.server.app import create_app  # noqa: E402
 from lookalike.server.settings import ServerSettings  # noqa: E402
 
@@ -42,13 +48,14 @@ os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never downl
 def photos(
     tiny_clip: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Collection, dict[int, Path]]:
-    """A collection of 20 generated pictures with metadata; (collection, id -> file)."""
+    """A collection of 20 generated pictures with metadata, the last ten in a subfolder;
+    (collection, id -> file)."""
     spec, weights = tiny_clip
     root = tmp_path_factory.mktemp("web")
     paths = []
     for i in range(20):
-        path = root / "images" / f"pic{i:02d}.png"
-        path.parent.mkdir(exist_ok=True)
+        path = root / "images" / ("more" if i >= 10 else "") / f"pic{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         draw_image(i, (96 + 8 * (i % 4), 72 + 6 * (i % 3))).save(path)
         paths.append(path)
     col = Collection.create(root / "photos", spec, weights=weights)
@@ -68,8 +75,43 @@ def photos(
 
 
 @pytest.fixture(scope="module")
+def plain(
+    backbone_weights, http_root: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Collection:
+    """An image-only collection: three uploaded pictures and one by URL."""
+    folder, base = http_root
+    (folder / "shots").mkdir(exist_ok=True)
+    (folder / "shots" / "remote shot.png").write_bytes(encode(draw_image(7, (40, 40))))
+    col = Collection.create(
+        tmp_path_factory.mktemp("plain") / "plain",
+        "torchvision:mobilenet_v2",
+        weights=backbone_weights("mobilenet_v2"),
+        fetch_policy=FetchPolicy(allow_private=True),
+    )
+    col.add_images([encode(draw_image(i, (40, 40))) for i in range(3)])
+    col.add_images([f"{base}/{REMOTE}"])
+    return col
+
+
+@pytest.fixture(scope="module")
 def base_url(photos: tuple[Collection, dict[int, Path]]) -> Iterator[str]:
-    with serve_app(create_app({"photos": photos[0]})) as url:
+    """A server that shows paths, as a local one does."""
+    settings = ServerSettings(show_paths=True)
+    with serve_app(create_app({"photos": photos[0]}, settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def mixed_url(photos: tuple[Collection, dict[int, Path]], plain: Collection) -> Iterator[str]:
+    """A server that hides paths (the default), with an image-only collection too."""
+    with serve_app(create_app({"photos": photos[0], "plain": plain})) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def long_url(photos: tuple[Collection, dict[int, Path]]) -> Iterator[str]:
+    """A server with one collection under a long name."""
+    with serve_app(create_app({LONG_NAME: photos[0]}, load_models=False)) as url:
         yield url
 
 
@@ -127,6 +169,32 @@ def _result_ids(driver: webdriver.Chrome) -> list[int]:
     return [int(c.get_attribute("data-id")) for c in cards]
 
 
+def _indexed_folder(files: dict[int, Path]) -> Path:
+    """The folder the photos were added from (holding more/)."""
+    return next(p for p in files.values() if p.name == "pic00.png").parent
+
+
+def _searches(driver: webdriver.Chrome) -> int:
+    """Search requests the page sent since it was loaded."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => e.name.endsWith('/search')).length"
+    )
+
+
+def _error(driver: webdriver.Chrome) -> str:
+    _wait(driver, lambda d: d.find_element(By.ID, "error").is_displayed(), "the error")
+    return driver.find_element(By.ID, "error").text
+
+
+def _focused_card(driver: webdriver.Chrome) -> int | None:
+    """Index of the result card holding the focus, if one does."""
+    return driver.execute_script(
+        "const card = document.activeElement.closest('#results .card');"
+        "return card ? [...card.parentNode.children].indexOf(card) : null;"
+    )
+
+
 def _thumbnails_loaded(driver: webdriver.Chrome) -> bool:
     return driver.execute_script(
         "const imgs = [...document.querySelectorAll('#results img')];"
@@ -140,6 +208,7 @@ def test_search_page(
     _, files = photos
     driver.get(base_url + "/")
     _wait(driver, lambda d: "20 images" in d.find_element(By.ID, "collection-info").text, "info")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "lookalike"
     assert driver.find_element(By.ID, "collection-name").text == "photos"
     assert not driver.find_element(By.ID, "collection").is_displayed()  # only one collection
     assert driver.find_element(By.ID, "empty").is_displayed()
@@ -154,6 +223,12 @@ def test_search_page(
     first = driver.find_element(By.CSS_SELECTOR, "#results .card")
     assert first.find_element(By.CSS_SELECTOR, ".score").text == "1.000"
     assert first.find_element(By.TAG_NAME, "img").get_attribute("loading") == "lazy"
+    # each card names its file, with its folder under the indexed one where it has one
+    assert first.find_element(By.CSS_SELECTOR, ".file").text == "pic05.png"
+    nested = next(i for i, p in files.items() if p.name == "pic12.png")
+    card12 = driver.find_element(By.CSS_SELECTOR, f"#results .card[data-id='{nested}']")
+    assert card12.find_element(By.CSS_SELECTOR, ".file").text == "more/\npic12.png"
+    assert card12.find_element(By.CSS_SELECTOR, ".file").get_attribute("title") == "more/pic12.png"
     assert "Uploaded image" in driver.find_element(By.ID, "query-label").text
     assert " ms" in driver.find_element(By.ID, "stats").text
     assert "id=" not in driver.current_url and "c=photos" in driver.current_url
@@ -210,8 +285,12 @@ def test_search_page(
     assert exported["query"] == {"text": "a red circle"}
     assert [r["id"] for r in exported["results"]] == by_text
     assert exported["results"][0]["url"].startswith(base_url + "/v1/collections/photos/items/")
+    indexed = _indexed_folder(files)
+    where = {files[i].name: files[i].relative_to(indexed).as_posix() for i in by_text}
+    assert {r["name"]: r["path"] for r in exported["results"]} == where
     rows = list(csv.DictReader(io.StringIO(downloads["csv"])))
     assert [int(r["id"]) for r in rows] == by_text and rows[0]["title"].startswith("Picture")
+    assert {r["name"]: r["path"] for r in rows} == where
 
     # details: metadata, size and a link to the full image
     driver.find_elements(By.CSS_SELECTOR, "#results .details-button")[0].click()
@@ -223,6 +302,8 @@ def test_search_page(
     n = int(files[target].stem.removeprefix("pic"))
     assert f"Picture {n}" in dialog.text and COLOURS[n % len(COLOURS)] in dialog.text
     assert " × " in dialog.text and "px" in dialog.text
+    assert f"File\n{files[target].name}" in dialog.text
+    assert f"Path\n{where[files[target].name]}" in dialog.text
     dialog.find_element(By.CSS_SELECTOR, ".dialog-head button").click()
     _wait(driver, lambda d: not dialog.is_displayed(), "the details to close")
 
@@ -256,3 +337,165 @@ def test_api_key(driver: webdriver.Chrome, keyed_url: str) -> None:
     assert not key_form.is_displayed()
     _wait(driver, _thumbnails_loaded, "thumbnails fetched with the key")
     assert driver.execute_script("return localStorage.getItem('lookalike.apiKey')") == "sesame"
+
+
+def test_links_that_cannot_search(driver: webdriver.Chrome, mixed_url: str) -> None:
+    # an unknown collection: an error naming it, and no search of another collection
+    driver.get(mixed_url + "/?c=nope&id=3")
+    message = _error(driver)
+    assert "“nope”" in message and "“photos”" in message and "“plain”" in message
+    assert _state(driver) == "idle" and not _result_ids(driver)
+    assert _searches(driver) == 0
+
+    # an id that is no number: said so, with no broken preview and nothing sent
+    driver.get(mixed_url + "/?c=photos&id=abc")
+    assert "“abc” is not an image id" in _error(driver)
+    assert not driver.find_element(By.ID, "preview-button").is_displayed()
+    assert _searches(driver) == 0
+
+    # an id the collection does not hold: the server's answer, told plainly
+    driver.get(mixed_url + "/?c=photos&id=999")
+    assert "“photos” has no image #999" in _error(driver)
+    assert not driver.find_element(By.ID, "preview-button").is_displayed()
+    assert _state(driver) == "error" and not _result_ids(driver)
+
+    # a k that is no number
+    driver.get(mixed_url + "/?c=photos&text=red&k=lots")
+    assert "“lots” is not a number of results" in _error(driver)
+    assert _searches(driver) == 0
+
+    # text on an image-only collection: the box is off, and a link is not sent either
+    driver.get(mixed_url + "/?c=plain&text=a+cat")
+    assert "image-only model (torchvision:mobilenet_v2)" in _error(driver)
+    assert _searches(driver) == 0
+    assert not driver.find_element(By.ID, "text-input").is_enabled()
+    assert "embeds images only" in driver.find_element(By.ID, "text-hint").text
+
+    # paths hidden (the default): cards name only the file
+    driver.get(mixed_url + "/?c=photos&text=red")
+    _done(driver)
+    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .file")]
+    assert len(names) == 20 and all(n.startswith("pic") and "/" not in n for n in names)
+
+
+def test_api_names_and_paths(
+    base_url: str,
+    mixed_url: str,
+    plain: Collection,
+    photos: tuple[Collection, dict[int, Path]],
+    http_root: tuple[Path, str],
+) -> None:
+    import httpx
+
+    _, files = photos
+    indexed = _indexed_folder(files)
+    nested = next(i for i, p in files.items() if p.name == "pic12.png")
+    shown = httpx.get(f"{base_url}/v1/collections/photos/items/{nested}").json()
+    assert (shown["name"], shown["path"]) == ("pic12.png", "more/pic12.png")
+    hidden = httpx.get(f"{mixed_url}/v1/collections/photos/items/{nested}").json()
+    assert (hidden["name"], hidden["path"]) == ("pic12.png", None)
+    hits = httpx.post(
+        f"{base_url}/v1/collections/photos/search", json={"id": nested, "k": 19}
+    ).json()["results"]
+    assert {h["path"] for h in hits} == {
+        p.relative_to(indexed).as_posix() for i, p in files.items() if i != nested
+    }
+    remote = plain.lookup(f"{http_root[1]}/{REMOTE}")
+    assert remote is not None
+    body = httpx.get(f"{mixed_url}/v1/collections/plain/items/{remote.id}").json()
+    assert (body["name"], body["path"]) == ("remote shot.png", None)
+
+
+def test_more_results_and_keyboard(driver: webdriver.Chrome, base_url: str) -> None:
+    driver.get(base_url + "/?c=photos&text=red&k=10")
+    _done(driver)
+    assert len(_result_ids(driver)) == 10
+    assert driver.find_element(By.ID, "k").get_attribute("value") == "10"
+    more = driver.find_element(By.ID, "more")
+    assert more.is_displayed() and more.text == "Show 10 more"
+
+    # more: the next page joins the first, focus on its first card; all 20 shown, no more
+    first_page = _result_ids(driver)
+    more.click()
+    _wait(driver, lambda d: len(_result_ids(d)) == 20, "the second page")
+    assert _result_ids(driver)[:10] == first_page
+    assert _focused_card(driver) == 10
+    assert "k=" not in driver.current_url  # 20 is the default
+    assert not more.is_displayed()
+
+    # arrows move through the cards; the focused card is ringed
+    columns = driver.execute_script(
+        "const cards = [...document.querySelectorAll('#results .card')];"
+        "return cards.filter(c => c.offsetTop === cards[0].offsetTop).length;"
+    )
+    keys = ActionChains(driver)
+    keys.send_keys(Keys.ARROW_RIGHT).perform()
+    assert _focused_card(driver) == 11
+    keys.send_keys(Keys.ARROW_UP).perform()
+    assert _focused_card(driver) == 11 - columns
+    keys.send_keys(Keys.ARROW_LEFT).perform()
+    assert _focused_card(driver) == 10 - columns
+    ring = driver.execute_script(
+        "const s = getComputedStyle(document.activeElement.closest('.card'));"
+        "return [s.outlineStyle, s.outlineWidth];"
+    )
+    assert ring[0] == "solid" and ring[1] != "0px"
+
+    # Enter on a card searches by it; focus is not lost, it goes to the first new result
+    clicked = _result_ids(driver)[10 - columns]
+    keys.send_keys(Keys.ENTER).perform()
+    _wait(driver, lambda d: f"id={clicked}" in d.current_url, "the search by id")
+    _done(driver)
+    assert _focused_card(driver) == 0
+
+    # the page size chosen holds for new searches
+    Select(driver.find_element(By.ID, "k")).select_by_visible_text("50")
+    _wait(driver, lambda d: "k=50" in d.current_url, "k in the link")
+    _done(driver)
+    assert len(_result_ids(driver)) == 19  # all there are
+
+    # `/` goes to the search box, whose focus stays through a search
+    driver.find_element(By.TAG_NAME, "body").click()
+    keys.send_keys("/").perform()
+    box = driver.find_element(By.ID, "text-input")
+    assert driver.switch_to.active_element == box
+    keys.send_keys("blue", Keys.ENTER).perform()
+    _wait(driver, lambda d: "text=blue" in d.current_url, "the text search")
+    _done(driver)
+    assert driver.switch_to.active_element == box
+    assert box.get_attribute("value") == "blue"
+
+
+def test_phone_layout(driver: webdriver.Chrome, long_url: str) -> None:
+    driver.set_window_size(390, 844)
+    try:
+        driver.get(long_url + f"/?c={LONG_NAME}&text=red")
+        _done(driver)
+        fits = driver.execute_script(
+            "const name = document.getElementById('collection-name');"
+            "const box = name.getBoundingClientRect();"
+            "return box.left >= 0 && box.right <= innerWidth && box.width > 0"
+            "  && name.scrollWidth <= name.clientWidth;"
+        )
+        assert fits, "the collection name is cut off"
+        assert driver.find_element(By.ID, "collection-name").text == LONG_NAME
+        top, height = driver.execute_script(
+            "return [document.querySelector('#results .card').getBoundingClientRect().top,"
+            " innerHeight];"
+        )
+        assert top < height * 0.75, f"results start at {top}px of a {height}px screen"
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - innerWidth")
+        assert overflow <= 0, "the page scrolls sideways"
+        assert driver.save_screenshot(str(PHONE_SCREENSHOT))
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def test_paths_are_shown_by_default_only_on_loopback() -> None:
+    """Without --show-paths/--hide-paths, `lookalike serve` shows paths when bound to a
+    loopback address and hides them when bound to any other."""
+    from lookalike.server.settings import is_local_host
+
+    assert all(map(is_local_host, ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"]))
+    assert not any(map(is_local_host, ["0.0.0.0", "::", "192.168.1.2", "example.org"]))
+    assert not ServerSettings().show_paths  # an app made in code shows none unless told to

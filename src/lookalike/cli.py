@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import BadInputError, LookalikeError
@@ -85,11 +88,13 @@ def index(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add the images of SOURCES to a collection; images already there are skipped."""
+    """Add the images of SOURCES to a collection; images already there are skipped. Images
+    whose vectors were lost (marked by `verify --repair`) are embedded again first."""
     sources = sources or []
-    if not sources and not rebuild:
-        raise BadInputError("give SOURCES to index, or --rebuild")
     from .collection import MANIFEST, Collection
+
+    if not sources and not rebuild and not (collection / MANIFEST).exists():
+        raise BadInputError("give SOURCES to index, or --rebuild")
     from .encoders import DEFAULT_MODEL
     from .fetch import FetchPolicy
     from .sources import iter_source
@@ -112,18 +117,15 @@ def index(
             threads=threads,
         )
     total = sum(1 for source in sources for _ in iter_source(source))
+    options = {
+        "workers": _decode_workers() if workers is None else workers,
+        "batch_size": batch_size,
+        "strict": strict,
+    }
     with col, _progress(total, quiet=as_json) as progress:
-        reports = []
+        reports = [col.reembed(**options)]
         for source in sources:
-            reports.append(
-                col.add(
-                    source,
-                    progress=progress,
-                    workers=_decode_workers() if workers is None else workers,
-                    batch_size=batch_size,
-                    strict=strict,
-                )
-            )
+            reports.append(col.add(source, progress=progress, **options))
             progress.done_before += reports[-1].seen
         kind = col.rebuild_index() if rebuild else col.stats().index
     summary = {
@@ -254,7 +256,8 @@ def verify(
     repair: Annotated[
         bool,
         typer.Option(
-            help="Fix what can be fixed (interrupted writes, a stale index); rows are kept."
+            help="Fix what can be fixed (interrupted writes, a damaged database or index, "
+            "lost vectors, duplicate rows); rows and vectors are kept."
         ),
     ] = False,
     as_json: JsonOpt = False,
@@ -262,8 +265,9 @@ def verify(
     """Check that rows, vectors, index and files of a collection agree."""
     from dataclasses import asdict
 
-    with _open(collection) as col:
-        report = col.verify(repair=repair)
+    from .verify import verify_path
+
+    report = verify_path(collection, repair=repair)
     if as_json:
         out.print_json(data={**asdict(report), "ok": report.ok})
     else:
@@ -312,6 +316,15 @@ def serve(
         int, typer.Option(help="Requests per minute per client address (0: no limit).")
     ] = 0,
     allow_private_urls: AllowPrivate = False,
+    show_paths: Annotated[
+        bool | None,
+        typer.Option(
+            "--show-paths/--hide-paths",
+            help="Give each hit's path relative to its indexed folder, not just its file name "
+            "(default: shown when bound to localhost, hidden otherwise).",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
     runtime: RuntimeOpt = "auto",
     threads: ThreadsOpt = None,
@@ -321,6 +334,29 @@ def serve(
             help="Server processes (each loads the model; rate limits count per process)."
         ),
     ] = 1,
+    auth_failures: Annotated[
+        int,
+        typer.Option(help="Wrong API keys per minute per client address before 429 (0: no limit)."),
+    ] = 10,
+    trust_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Believe X-Forwarded-For from this proxy address or network (repeatable; "
+            "default: believe no one)."
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections per process; idle ones close first when full.")
+    ] = 1000,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's head.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's body.")
+    ] = 60.0,
+    keep_alive: Annotated[
+        float, typer.Option(help="Seconds an idle connection stays open between requests.")
+    ] = 5.0,
 ) -> None:
     """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
     import os
@@ -328,7 +364,9 @@ def serve(
     import uvicorn
 
     from .server import ServerSettings
+    from .server.connections import uvicorn_options
     from .server.launch import CONFIG_ENV, ServeConfig
+    from .server.settings import is_local_host
 
     settings = ServerSettings.with_env_keys(
         api_keys=tuple(api_key or ()),
@@ -336,6 +374,13 @@ def serve(
         max_k=max_k,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         rate_limit_per_minute=rate_limit,
+        show_paths=is_local_host(host) if show_paths is None else show_paths,
+        auth_failures_per_minute=auth_failures,
+        trusted_proxies=tuple(trust_proxy or ()),
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_s=keep_alive,
     )
     config = ServeConfig.from_entries(
         collections,
@@ -349,7 +394,7 @@ def serve(
         "host": host,
         "port": port,
         "log_level": "warning",
-        "timeout_keep_alive": 5,
+        **uvicorn_options(settings),
     }
     err.print(
         f"serving {', '.join(config.collections)} on http://{host}:{port}"
@@ -490,3 +535,18 @@ def main() -> None:
     except LookalikeError as error:
         err.print(f"[red]error:[/] {error}", highlight=False)
         sys.exit(1)
+    except OSError as error:  # a full disk, a vanished file: the reason, not a traceback
+        err.print(f"[red]error:[/] {escape(_os_error(error))}", highlight=False)
+        sys.exit(1)
+    except sqlite3.Error as error:
+        err.print(f"[red]error:[/] the collection database failed: {escape(str(error))}")
+        sys.exit(1)
+
+
+def _os_error(error: OSError) -> str:
+    """One line for an operating-system error, with advice for a full disk."""
+    where = f" ({error.filename})" if error.filename else ""
+    text = f"{error.strerror or error}{where}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += "; the batches committed so far are kept: free some space and run it again"
+    return text

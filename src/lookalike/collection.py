@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,9 @@ from .errors import (
     ModelMismatchError,
     NotFoundError,
 )
-from .fetch import FetchPolicy, fetch, is_url
+from .fetch import FetchError, FetchPolicy, fetch_all, fetch_each, is_url
 from .imaging import ImageLimits, decode_image, to_model_input
-from .ingest import IngestOptions, Progress, ingest, vector_rows
+from .ingest import IngestOptions, Progress, add_new_keys, ingest, vector_rows
 from .layout import MANIFEST, UPLOADS_DIR, upload_path, write_atomic
 from .manifest import FORMAT_VERSION, new_manifest, read_manifest, write_manifest
 from .prepare import content_hash
@@ -113,7 +114,8 @@ class Collection:
         cls, path: str | os.PathLike[str], *, device: str | None = None, **options: Any
     ) -> Collection:
         """Open an existing collection; its model loads on first need."""
-        return cls(Path(path), read_manifest(Path(path)), device=device, **options)
+        root = Path(path)
+        return cls(root, read_manifest(root), device=device, **options)
 
     def close(self) -> None:
         """Release files and locks."""
@@ -199,6 +201,20 @@ class Collection:
             kind, target_recall=target_recall, nlist=nlist, memory_budget=memory_budget
         )
 
+    def reembed(self, *, progress: Progress | None = None, **options: Any) -> IngestReport:
+        """Embed again the images whose vectors were lost (rows that ``verify(repair=True)``
+        marked stale), from their stored paths or URLs: each gets a new id and its old row is
+        dropped. Rows added as vectors cannot be embedded here and are reported as failed."""
+        items, failed = [], []
+        for row in self.backend.stale_rows():
+            if row.content_hash == content_hash(f"vector:{row.key}".encode()):
+                failed.append((row.key, "added as a vector: add it again with add_vectors"))
+            else:
+                items.append(SourceItem(row.key, row.metadata, *file_stat(row.key)))
+        report = self._ingest(items, [], progress, options) if items else IngestReport()
+        report.failed.extend(failed)
+        return report
+
     def add_images(
         self,
         images: Sequence[str | os.PathLike[str] | bytes],
@@ -210,6 +226,8 @@ class Collection:
         """Add images given as file paths, URLs or encoded bytes, each with optional metadata.
 
         Bytes are kept in the collection's ``uploads/`` folder so they can be served later.
+        URLs not stored yet are fetched ``fetch_policy.parallel`` at a time, all within one
+        ``fetch_policy.deadline``; those it cuts short are reported as failed.
         """
         if metadata is not None and len(metadata) != len(images):
             raise BadInputError(f"{len(images)} images but {len(metadata)} metadata entries")
@@ -225,7 +243,23 @@ class Collection:
                     roots.add(str(Path(locator).parent))
             stat = file_stat(locator)
             items.append(SourceItem(locator, dict(meta or {}), *stat))
-        return self._ingest(items, sorted(roots), progress, options)
+        return self._ingest(self._fetched(items), sorted(roots), progress, options)
+
+    def _fetched(self, items: list[SourceItem]) -> Iterator[SourceItem]:
+        """The items, each new URL's body (or why it could not be fetched) attached."""
+        new = [
+            index
+            for index, item in enumerate(items)
+            if is_url(item.locator) and self.backend.live_by_key(item.locator) is None
+        ]
+        bodies = fetch_each([items[index].locator for index in new], self.fetch_policy)
+        wanted = set(new)
+        for index, item in enumerate(items):
+            if index in wanted:  # bodies come in the order of `new`
+                body = next(bodies)
+                failed = isinstance(body, FetchError)
+                item = replace(item, error=str(body)) if failed else replace(item, data=body)
+            yield item
 
     def add_vectors(
         self,
@@ -238,13 +272,14 @@ class Collection:
         """Add embeddings computed elsewhere (by this collection's model), one per locator.
 
         Vectors are normalised; each locator (path or URL) becomes the row's key, and its
-        content hash is derived from the locator since no image bytes are read.
+        content hash is derived from the locator since no image bytes are read. A locator
+        stored already keeps its row (its id is returned), so adding again duplicates nothing.
         """
         rows = vector_rows(vectors, locators, self.dim, metadata, sizes)
-        with self.backend.writing():
+        with self.backend.writing():  # checked and added under the lock: writers may race
             ids: list[int] = []
             for start in range(0, len(rows), 100_000):
-                ids += self.backend.add(rows[start : start + 100_000])
+                ids += add_new_keys(self.backend, rows[start : start + 100_000])
             self.backend.keep_up()
         return ids
 
@@ -367,7 +402,7 @@ class Collection:
             return self.vectors([part.value])[0]
         if part.kind == "vector":
             return unit_vector(part.value, self.dim)
-        data = fetch(part.value, self.fetch_policy) if part.kind == "url" else part.value
+        data = part.value  # an image's bytes, path or PIL image: URL parts are fetched by now
         image = (
             data
             if hasattr(data, "convert")
@@ -375,6 +410,18 @@ class Collection:
         )
         pixels = to_model_input(image.convert("RGB"), self.encoder.image_size)
         return self.encoder.encode_images(pixels[None])[0]
+
+    def _fetch_url_parts(self, parts: list[QueryPart]) -> list[QueryPart]:
+        """The parts with URL parts turned into image parts of their bytes, fetched together
+        within one deadline (``fetch_policy.deadline``)."""
+        urls = [part.value for part in parts if part.kind == "url"]
+        if not urls:
+            return parts
+        bodies = iter(fetch_all(urls, self.fetch_policy))
+        return [
+            QueryPart("image", next(bodies), part.weight) if part.kind == "url" else part
+            for part in parts
+        ]
 
     def stats(self) -> Stats:
         """Counts, model and size on disk."""
@@ -394,10 +441,11 @@ class Collection:
 
     def verify(self, *, repair: bool = False) -> VerifyReport:
         """Check rows, vectors, index and files agree; with ``repair``, fix what can be fixed
-        (truncate an interrupted write, rebuild the index) without losing rows."""
+        without losing rows or vectors (see :func:`lookalike.verify.verify_path` for a
+        collection whose database is too damaged to open)."""
         from .verify import verify
 
-        return verify(self, repair=repair)
+        return verify(self.backend, repair=repair)  # type: ignore[arg-type]
 
     def items(self) -> Iterable[Item]:
         """Every stored image in id order."""

@@ -55,6 +55,12 @@ class UnsupportedQueryError(BadInputError):
     code = "unsupported_query"
 
 
+class BusyError(LookalikeError):
+    """The server has too much of this kind of work in hand; the request may be retried."""
+
+    code = "busy"
+
+
 class CollectionError(LookalikeError):
     """The collection on disk is missing, locked, corrupt or of an unknown format."""
 

@@ -4,6 +4,10 @@ Every hop of a fetch (the first request and each redirect, followed by hand) is 
 way: scheme, host, and every address the host resolves to. The request then goes to the checked
 address itself, so a second DNS answer (DNS rebinding) cannot redirect it; the original host name
 still goes in the Host header and, for https, in SNI and certificate verification.
+
+The URLs of one request (a search's URL parts, an add's URLs) are fetched several at a time
+under one shared :class:`Deadline`, so a request's URL work ends after ``policy.deadline``
+seconds however many URLs it names.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +50,8 @@ class FetchPolicy:
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     total_timeout: float = 30.0  # wall clock for the whole fetch incl. redirects and body
+    deadline: float | None = 60.0  # wall clock for all the URLs of one request; None: none
+    parallel: int = 8  # URLs of one request fetched at once
     max_redirects: int = 5
     user_agent: str = "lookalike/0.1 (+https://github.com/lookalike)"
 
@@ -89,14 +98,19 @@ def check_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | No
     return None
 
 
-def fetch(url: str, policy: FetchPolicy = DEFAULT_POLICY) -> bytes:
+def fetch(
+    url: str, policy: FetchPolicy = DEFAULT_POLICY, deadline: Deadline | None = None
+) -> bytes:
     """GET `url` and return the body, following at most `policy.max_redirects` redirects.
 
     Raises FetchError, and nothing else, when the URL is malformed or not http(s), a hop targets
-    a refused address (unless `policy.allow_private`), the server answers non-2xx, the body
-    exceeds `policy.max_bytes`, or a timeout runs out.
+    a refused address (unless `policy.allow_private`), the server answers non-2xx or compressed,
+    the body exceeds `policy.max_bytes`, or a timeout or the shared `deadline` runs out.
     """
-    watchdog = _Watchdog(policy.total_timeout)
+    if deadline is None:
+        watchdog = _Watchdog(policy.total_timeout)
+    else:
+        watchdog = deadline.watchdog(policy.total_timeout)
     try:
         return _fetch(url, policy, watchdog)
     except FetchError:
@@ -105,6 +119,118 @@ def fetch(url: str, policy: FetchPolicy = DEFAULT_POLICY) -> bytes:
         raise FetchError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
     finally:
         watchdog.cancel()
+        if deadline is not None:
+            deadline.forget(watchdog)
+
+
+def fetch_all(
+    urls: Sequence[str], policy: FetchPolicy = DEFAULT_POLICY, deadline: Deadline | None = None
+) -> list[bytes]:
+    """The bodies of `urls`, fetched `policy.parallel` at a time within one deadline.
+
+    The deadline is `policy.deadline` from now unless one is given. The first failure is
+    raised as soon as it happens, and the fetches still running are stopped.
+    """
+    deadline = deadline or Deadline(policy.deadline)
+    if len(urls) <= 1:
+        return [fetch(url, policy, deadline) for url in urls]
+    with ThreadPoolExecutor(min(policy.parallel, len(urls)), "lookalike-fetch") as pool:
+        futures = [pool.submit(fetch, url, policy, deadline) for url in urls]
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                deadline.cancel("cancelled: another URL of this request failed")
+                raise future.exception()  # type: ignore[misc]
+        return [future.result() for future in futures]
+
+
+def fetch_each(
+    urls: Iterable[str], policy: FetchPolicy = DEFAULT_POLICY, deadline: Deadline | None = None
+) -> Iterator[bytes | FetchError]:
+    """For each of `urls` in order, its body or the FetchError it failed with.
+
+    Fetches `policy.parallel` at a time, all within one deadline (`policy.deadline` from the
+    first fetch unless given), holding at most that many bodies ahead of the consumer.
+    """
+    deadline = deadline or Deadline(policy.deadline)
+    pending: deque[Future[bytes]] = deque()
+    with ThreadPoolExecutor(policy.parallel, "lookalike-fetch") as pool:
+        try:
+            for url in urls:
+                pending.append(pool.submit(fetch, url, policy, deadline))
+                if len(pending) >= policy.parallel:
+                    yield _outcome(pending.popleft())
+            while pending:
+                yield _outcome(pending.popleft())
+        except BaseException:  # abandoned (GeneratorExit) or failed: stop what was started
+            deadline.cancel("cancelled: the request was abandoned")
+            raise
+
+
+def _outcome(future: Future[bytes]) -> bytes | FetchError:
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if isinstance(error, FetchError):
+        return error
+    raise error
+
+
+class Deadline:
+    """One wall-clock budget shared by all the fetches of one request.
+
+    Each fetch under it ends when its own `total_timeout` or the deadline runs out, whichever
+    comes first; :meth:`cancel` ends the running ones at once.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds if seconds is not None else None
+        self._lock = threading.Lock()
+        self._running: set[_Watchdog] = set()
+        self._cancelled: str | None = None
+
+    @property
+    def message(self) -> str:
+        """Why a fetch cut short by this deadline failed."""
+        return (
+            self._cancelled or f"timed out: this request's URLs took more than {self.seconds:g} s"
+        )
+
+    def left(self) -> float | None:
+        """Seconds left (None: no deadline); raises FetchError when none are."""
+        if self._cancelled:
+            raise FetchError(self._cancelled)
+        if self._end is None:
+            return None
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise FetchError(self.message)
+        return left
+
+    def watchdog(self, total_timeout: float) -> _Watchdog:
+        """The watchdog of one fetch under this deadline, stopped by :meth:`cancel` too."""
+        with self._lock:
+            left = self.left()
+            if left is None or total_timeout <= left:
+                watchdog = _Watchdog(total_timeout)
+            else:
+                watchdog = _Watchdog(left, self.message)
+            self._running.add(watchdog)
+        return watchdog
+
+    def forget(self, watchdog: _Watchdog) -> None:
+        """A fetch under this deadline has ended."""
+        with self._lock:
+            self._running.discard(watchdog)
+
+    def cancel(self, reason: str) -> None:
+        """Stop every fetch under this deadline, running or still to start."""
+        with self._lock:
+            if self._cancelled is None:
+                self._cancelled = reason
+            running, self._running = self._running, set()
+        for watchdog in running:
+            watchdog.fire(reason)
 
 
 def _fetch(url: str, policy: FetchPolicy, watchdog: _Watchdog) -> bytes:
@@ -261,17 +387,32 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _read_body(response: httpx.Response, policy: FetchPolicy, watchdog: _Watchdog) -> bytes:
+    _refuse_encoded(response)
     too_large = f"response larger than {policy.max_bytes} bytes"
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > policy.max_bytes:
         raise FetchError(too_large)
     body = bytearray()
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_raw():  # the bytes as sent: never inflated past the size check
         body += chunk
-        if len(body) > policy.max_bytes or response.num_bytes_downloaded > policy.max_bytes:
+        if len(body) > policy.max_bytes:
             raise FetchError(too_large)
         watchdog.remaining()
     return bytes(body)
+
+
+def _refuse_encoded(response: httpx.Response) -> None:
+    """Refuse a compressed body (sent despite Accept-Encoding: identity).
+
+    A few kilobytes of nested gzip inflate to gigabytes, so no decoder is ever run on one.
+    """
+    listed = response.headers.get_list("content-encoding", split_commas=True)
+    encodings = [e.strip() for e in listed if e.strip().lower() not in ("", "identity")]
+    if encodings:
+        raise FetchError(
+            f"refused: compressed response (Content-Encoding: {_shorten(', '.join(encodings))}); "
+            "only uncompressed (identity) responses are fetched"
+        )
 
 
 def _describe(exc: Exception, url: httpx.URL, policy: FetchPolicy, watchdog: _Watchdog) -> str:
@@ -300,8 +441,8 @@ class _Watchdog:
     trickles its headers, say) a timer shuts the live socket down, which ends the read at once.
     """
 
-    def __init__(self, seconds: float) -> None:
-        self.message = f"timed out after {seconds:g} s"
+    def __init__(self, seconds: float, message: str | None = None) -> None:
+        self.message = message or f"timed out after {seconds:g} s"
         self._end = time.monotonic() + seconds
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
@@ -332,10 +473,17 @@ class _Watchdog:
     def cancel(self) -> None:
         self._timer.cancel()
 
-    def _expire(self) -> None:
+    def fire(self, message: str | None = None) -> None:
+        """End the fetch now, failing it with `message` (by default the timeout's)."""
         with self._lock:
+            if not self._fired and message:
+                self.message = message
             self._fired = True
             self._shutdown()
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        self.fire()
 
     def _shutdown(self) -> None:
         if self._socket is not None:

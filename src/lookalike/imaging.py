@@ -6,7 +6,9 @@ import functools
 import io
 import os
 import stat
+import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,16 +54,31 @@ _WHITE = (255, 255, 255)
 # so a small file declaring a large image costs about its decoded size, not several copies.
 _STRIP_PIXELS = 1 << 22
 
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_ICO_MAGIC = b"\x00\x00\x01\x00"
+
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Bounds on what decode_image accepts, checked before pixels are decoded."""
+    """Bounds on what decode_image accepts, checked before pixels are decoded.
+
+    ``max_pixels`` and ``max_side`` apply to every frame that a decoder would allocate: the
+    image, each frame of an icon, each tile of a TIFF. A decode holds ``max_decode_bytes`` at
+    most, plus up to 4 bytes a pixel more while changing to RGB, less as ``min_side`` shrinks
+    the image.
+    """
 
     max_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 100_000_000  # a 12000x8000 photo fits; decoding peaks near 4 B/pixel
+    max_pixels: int = 100_000_000  # a 12000x8000 photo fits
     max_frames: int = 10_000
+    # each of width and height: a 1-pixel-high row of 100 million pixels takes the decoder and
+    # every conversion one whole row at a time; 65535 is the largest side JPEG and GIF allow
+    max_side: int = 65_535
+    # the decoder's buffers: the image at Pillow's 1, 2 or 4 bytes a pixel, and a progressive
+    # JPEG's coefficients of the full-size image (2 bytes a sample, whatever the draft scale)
+    max_decode_bytes: int = 400_000_000
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -118,6 +135,9 @@ def decode_image(
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be at least 1, not {min_side}")
     raw = _read(data, limits.max_bytes)
+    if raw.startswith(_ICO_MAGIC):  # Pillow decodes an icon's largest frame while opening it
+        for frame_width, frame_height in _ico_frame_sizes(raw):
+            _check_bounds(frame_width, frame_height, limits, "an ICO frame of ")
 
     try:
         img = Image.open(io.BytesIO(raw), formats=_formats())
@@ -131,6 +151,8 @@ def decode_image(
     fmt = img.format or "image"
     width, height = img.size
     _check_size(width, height, limits)
+    if fmt == "TIFF":
+        _check_tiles(img, limits)
     if fmt in _CHEAP_FRAME_COUNT:
         n_frames = getattr(img, "n_frames", 1)
         if n_frames > limits.max_frames:
@@ -141,6 +163,10 @@ def decode_image(
     try:
         if min_side is not None and fmt in _DRAFT_FORMATS:
             img.draft("RGB", (min_side, min_side))
+    except Exception as exc:
+        raise ImageError(f"truncated or corrupt {fmt}: {_reason(exc)}") from None
+    _check_decode_bytes(img, raw, (width, height), limits)
+    try:
         # Pillow hands a decoder blocks of decodermaxblock bytes, joined until a whole row fits:
         # rows much longer than a block (a WebP canvas 10 million pixels wide) take quadratic time
         img.decodermaxblock = max(img.decodermaxblock, 4 * img.width)
@@ -150,7 +176,7 @@ def decode_image(
     except Exception as exc:
         raise ImageError(f"truncated or corrupt {fmt}: {_reason(exc)}") from None
     if img.size != (width, height) and fmt not in _DRAFT_FORMATS:
-        _check_size(*img.size, limits)  # e.g. an ICO whose embedded PNG is bigger than declared
+        _check_size(*img.size, limits)  # a decoder that grew the image: no known case left
 
     orientation = _orientation(img)
     factor = 1
@@ -253,10 +279,106 @@ def _pillow_bomb_message(limits: ImageLimits) -> str:
 def _check_size(width: int, height: int, limits: ImageLimits) -> None:
     if width < 1 or height < 1:
         raise ImageError(f"invalid image size: {width}x{height} pixels")
+    _check_bounds(width, height, limits)
+
+
+def _check_bounds(width: int, height: int, limits: ImageLimits, what: str = "") -> None:
+    """Refuse ``what`` (an image unless named) of ``width`` x ``height`` over ``limits``."""
+    size = f"{what}{width}x{height} pixels"
     if width * height > limits.max_pixels:
+        raise ImageError(f"image too large: {size} exceeds the limit of {limits.max_pixels}")
+    if max(width, height) > limits.max_side:
         raise ImageError(
-            f"image too large: {width}x{height} pixels exceeds the limit of {limits.max_pixels}"
+            f"image too large: {size} has a side over the limit of {limits.max_side} pixels"
         )
+
+
+def _check_decode_bytes(
+    img: Image.Image, raw: bytes, size: tuple[int, int], limits: ImageLimits
+) -> None:
+    """Refuse an image whose decoding would hold more than ``limits.max_decode_bytes``;
+    ``size`` is its size before a JPEG draft scaled ``img``."""
+    needed = img.width * img.height * _bytes_per_pixel(img.mode)
+    kind = img.format or "image"
+    if img.format in _DRAFT_FORMATS and _jpeg_buffers_coefficients(img, raw):
+        needed += _jpeg_coefficient_bytes(img.layer, *size)
+        kind = f"multi-scan {kind}"
+    if needed > limits.max_decode_bytes:
+        width, height = size
+        raise ImageError(
+            f"image too large: decoding a {width}x{height} {kind} takes {needed // 10**6} MB,"
+            f" over the limit of {limits.max_decode_bytes // 10**6} MB"
+        )
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """What Pillow stores a pixel of ``mode`` in: every mode of over one band takes 4 bytes."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def _jpeg_buffers_coefficients(img: Image.Image, raw: bytes) -> bool:
+    """Whether libjpeg keeps the whole image's coefficients: a progressive JPEG, or one whose
+    first scan holds fewer components than the image (libjpeg's has_multiple_scans)."""
+    return bool(img.info.get("progressive")) or _first_scan_components(raw) < len(img.layer)
+
+
+def _first_scan_components(raw: bytes) -> int:
+    """The component count of a JPEG's first scan (its SOS marker); 0 when there is none."""
+    at = 2
+    while at + 4 < len(raw):
+        if raw[at] != 0xFF or raw[at + 1] == 0xFF:
+            at += 1  # garbage or fill bytes between segments, skipped like libjpeg does
+        elif raw[at + 1] == 0xDA:
+            return raw[at + 4]
+        elif 0xD0 <= raw[at + 1] <= 0xD8 or raw[at + 1] == 0x01:
+            at += 2  # markers without a length
+        else:
+            at += 2 + int.from_bytes(raw[at + 2 : at + 4], "big")
+    return 0
+
+
+def _jpeg_coefficient_bytes(
+    layers: list[tuple[int, int, int, int]], width: int, height: int
+) -> int:
+    """2 bytes for each sample of each component (id, h, v, table), in whole 8x8 blocks."""
+    h_max = max(h for _, h, _, _ in layers) or 1
+    v_max = max(v for _, _, v, _ in layers) or 1
+    total = 0
+    for _, h, v, _ in layers:
+        blocks_across = -(-width * h // (8 * h_max))
+        blocks_down = -(-height * v // (8 * v_max))
+        total += blocks_across * blocks_down * 64 * 2
+    return total
+
+
+def _ico_frame_sizes(raw: bytes) -> Iterator[tuple[int, int]]:
+    """The real size of every frame of an ICO, from the PNG or BMP header it embeds: the sizes
+    its directory declares are single bytes, and Pillow trusts them to pick a frame."""
+    count = int.from_bytes(raw[4:6], "little")
+    for entry in range(6, 6 + 16 * count, 16):
+        offset = int.from_bytes(raw[entry + 12 : entry + 16], "little")
+        header = raw[offset : offset + 24]
+        if len(header) < 16:
+            continue  # Pillow refuses it as truncated
+        if header.startswith(_PNG_MAGIC):
+            if len(header) == 24 and header[12:16] == b"IHDR":
+                yield struct.unpack(">II", header[16:24])
+        elif header.startswith(b"\x0c\x00\x00\x00"):  # BITMAPCOREHEADER: 16-bit sides
+            width, height = struct.unpack("<HH", header[4:8])
+            yield width, height // 2  # an icon's BMP holds its AND mask under the image
+        else:
+            width, height = struct.unpack("<ii", header[4:12])
+            yield abs(width), abs(height) // 2
+
+
+def _check_tiles(img: Image.Image, limits: ImageLimits) -> None:
+    """A TIFF's tile is decoded whole, into a buffer of its own, however small the image."""
+    tags = getattr(img, "tag_v2", {})
+    tile_width, tile_height = tags.get(322), tags.get(323)  # TileWidth, TileLength
+    if isinstance(tile_width, int) and isinstance(tile_height, int):
+        _check_bounds(tile_width, tile_height, limits, "a TIFF tile of ")
 
 
 def _reason(exc: BaseException) -> str:

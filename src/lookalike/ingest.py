@@ -23,6 +23,7 @@ from .encoders import Encoder
 from .errors import BadInputError, ModelMismatchError
 from .fetch import FetchPolicy
 from .imaging import ImageLimits
+from .lifeline import die_with_parent
 from .prepare import Failure, PreparedImage, content_hash, prepare
 from .sources import SourceItem
 from .store import NewRow
@@ -72,24 +73,13 @@ def ingest(
 
     def flush() -> None:
         vectors = encoder.encode_images(np.stack([p.pixels for p in batch])) if batch else []
-        # one transaction: a crash never leaves a changed file's old and new rows both live
-        rows = [
-            NewRow(
-                p.item.locator,
-                p.content_hash,
-                p.width,
-                p.height,
-                p.bytes,
-                vector,
-                p.item.mtime,
-                p.item.metadata,
-            )
-            for p, vector in zip(batch, vectors, strict=True)
-        ]
         with store.writing():  # held per batch, so other writers interleave with an ingest
-            report.ids += store.add(rows, replaces=replaced)
-        report.added += len(batch)
-        report.replaced += len(replaced)
+            # decided again under the lock: another writer may have stored some since take()
+            rows, replaces = _still_new(store, batch, vectors, replaced, report)
+            # one transaction: a crash never leaves a changed file's old and new rows both live
+            report.ids += store.add(rows, replaces=replaces)
+        report.added += len(rows)
+        report.replaced += len(replaces)
         batch.clear()
         replaced.clear()
         batch_hashes.clear()
@@ -104,16 +94,14 @@ def ingest(
         if isinstance(result, Failure):
             fail(result.item, result.reason)
         else:
-            known = store.live_by_key(result.item.locator)
-            if known is not None and known.content_hash == result.content_hash:
+            kind, old = _classify(store, result, batch_hashes)
+            if kind == "unchanged":
                 report.unchanged += 1
-            elif result.content_hash in batch_hashes or store.live_by_hash(result.content_hash):
+            elif kind == "duplicate":
                 report.duplicates += 1
-                if known is not None:  # the path now holds a copy of another stored image
-                    replaced.append(known.id)
-            else:
-                if known is not None:
-                    replaced.append(known.id)
+                if old is not None:  # the path now holds a copy of another stored image
+                    replaced.append(old)
+            else:  # what it replaces is looked up again when the batch is stored
                 batch.append(result)
                 batch_hashes.add(result.content_hash)
             if len(batch) >= options.batch_size:
@@ -152,10 +140,62 @@ def ingest(
     return report
 
 
+def _classify(
+    store: Backend, image: PreparedImage, batch_hashes: set[str]
+) -> tuple[str, int | None]:
+    """Whether a prepared image is "unchanged" (stored under its path or URL), a "duplicate"
+    (its content is stored, or waits in the batch) or "new"; and the id of the live row it
+    replaces, if any."""
+    known = store.live_by_key(image.item.locator)
+    old = known.id if known is not None else None
+    if known is not None and not known.stale and known.content_hash == image.content_hash:
+        return "unchanged", None
+    if image.content_hash in batch_hashes or store.live_by_hash(image.content_hash):
+        return "duplicate", old
+    return "new", old
+
+
+def _still_new(
+    store: Backend,
+    batch: list[PreparedImage],
+    vectors: Any,
+    replaced: list[int],
+    report: IngestReport,
+) -> tuple[list[NewRow], list[int]]:
+    """The rows of the batch that are still new (under the writer lock), and the live ids they
+    and the batch's duplicates replace; counts the others as unchanged or duplicates."""
+    rows: list[NewRow] = []
+    replaces = {i for i, row in store.rows(replaced).items() if not row.deleted}
+    hashes: set[str] = set()
+    for p, vector in zip(batch, vectors, strict=True):
+        kind, old = _classify(store, p, hashes)
+        if old is not None:
+            replaces.add(old)
+        if kind == "unchanged":
+            report.unchanged += 1
+        elif kind == "duplicate":
+            report.duplicates += 1
+        else:
+            hashes.add(p.content_hash)
+            rows.append(
+                NewRow(
+                    p.item.locator,
+                    p.content_hash,
+                    p.width,
+                    p.height,
+                    p.bytes,
+                    vector,
+                    p.item.mtime,
+                    p.item.metadata,
+                )
+            )
+    return rows, sorted(replaces)
+
+
 def _unchanged(store: Backend, item: SourceItem) -> bool:
     """Whether the item is stored already and, for a file, has the same size and mtime."""
     known = store.live_by_key(item.locator)
-    if known is None:
+    if known is None or known.stale:
         return False
     return item.size is None or (known.bytes == item.size and known.mtime == item.mtime)
 
@@ -164,7 +204,9 @@ def _executor(workers: int) -> Executor:
     if workers <= 0:
         return _InlineExecutor()
     # spawn, not fork: the parent holds torch's thread pools, which do not survive a fork
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+    )
 
 
 def vector_rows(
@@ -199,3 +241,18 @@ def vector_rows(
         )
         for locator, vector, meta, shape in zip(locators, array / norms, metas, shapes, strict=True)
     ]
+
+
+def add_new_keys(store: Backend, rows: list[NewRow]) -> list[int]:
+    """Add the rows whose key is not stored yet (or waits for re-embedding), under the writer
+    lock the caller holds; return every row's id, stored or new."""
+    stored = store.live_by_keys([r.key for r in rows])
+    fresh: dict[str, NewRow] = {}
+    for row in rows:
+        known = stored.get(row.key)
+        if (known is None or known.stale) and row.key not in fresh:
+            fresh[row.key] = row
+    replaces = [stored[key].id for key in fresh if key in stored]
+    new_ids = store.add(list(fresh.values()), replaces=replaces)
+    ids = {key: stored[key].id for key in stored} | dict(zip(fresh, new_ids, strict=True))
+    return [ids[r.key] for r in rows]

@@ -63,7 +63,7 @@ def prepare(
 ) -> PreparedImage | Failure:
     """Prepare one item; every failure is returned, never raised."""
     try:
-        data = read_bytes(item.locator, limits, policy)
+        data = item.data if item.data is not None else read_bytes(item.locator, limits, policy)
         decoded = decode_image(data, limits=limits, min_side=size)
         pixels = to_model_input(decoded.image, size)
     except LookalikeError as error:

@@ -103,6 +103,11 @@ class Query:
         return cls(tuple(parse_parts(query, **kinds)), **arguments)
 
     @property
+    def fetches(self) -> bool:
+        """Whether the query names a URL to fetch (slow, bounded work for a server)."""
+        return any(p.kind == "url" for p in self.parts)
+
+    @property
     def query_ids(self) -> list[int]:
         """Ids searched by, which results leave out unless ``include_self``."""
         return [] if self.include_self else [p.value for p in self.parts if p.kind == "id"]

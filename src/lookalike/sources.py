@@ -32,6 +32,7 @@ class SourceItem:
     size: int | None = None
     mtime: float | None = None
     error: str | None = None  # set when the source itself is broken (e.g. an empty manifest cell)
+    data: bytes | None = field(default=None, repr=False, compare=False)  # a URL's body, fetched
 
 
 def iter_source(source: str | os.PathLike[str], *, sniff: bool = True) -> Iterator[SourceItem]:

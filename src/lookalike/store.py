@@ -3,13 +3,18 @@
 Row ids are dense and never reused: row ``i`` owns vector ``i``. A write appends vectors past
 the committed count, fsyncs them, then commits the rows and the new count in one SQLite
 transaction. A crash between the two leaves vectors past the count, which readers ignore and
-the next writer truncates: a batch is visible whole or not at all.
+the next writer truncates: a batch is visible whole or not at all. Before it appends, a write
+records how far its vectors will reach (``pending_count``), so a writer truncates no more than
+an interrupted write can have left; anything else past the count, a database that is missing or
+empty beside stored vectors, or a shard shorter than the committed rows is damage, which writers
+refuse to touch and ``lookalike verify`` reports and repairs.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import mmap
 import os
 import sqlite3
@@ -25,10 +30,13 @@ import numpy as np
 
 from .errors import BadInputError, CollectionError
 
+DATABASE = "rows.sqlite"
 SHARD_ROWS = 1 << 20
 PAGE = mmap.PAGESIZE
 PREFETCH_BATCH = 1024  # rows whose pages are requested together before they are copied
 LOCK_TIMEOUT_S = 30.0
+MAX_FILTER_KEYS = 100  # SQLite refuses expressions past 1000 terms deep
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Step-by-step schema migrations: MIGRATIONS[i] takes schema version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -50,6 +58,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX items_hash ON items (content_hash);
     CREATE TABLE roots (path TEXT PRIMARY KEY);
     INSERT INTO meta VALUES ('vector_count', '0');
+    """,
+    # stale: the row's vector was lost (a damaged shard) and waits to be embedded again;
+    # pending_count: how far the vectors of the write in progress reach
+    """
+    ALTER TABLE items ADD COLUMN stale INTEGER NOT NULL DEFAULT 0;
+    INSERT INTO meta SELECT 'pending_count', value FROM meta WHERE key = 'vector_count';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -83,22 +97,29 @@ class Row:
     metadata: dict[str, Any]
     added_at: float
     deleted: bool
+    stale: bool = False  # its vector was lost and waits to be embedded again
 
 
-_ROW_COLUMNS = "id, key, content_hash, width, height, bytes, mtime, metadata, added_at, deleted"
+_ROW_COLUMNS = (
+    "id, key, content_hash, width, height, bytes, mtime, metadata, added_at, deleted, stale"
+)
 
 
 def _row(r: tuple) -> Row:
-    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]))
+    return Row(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), bool(r[10])
+    )
 
 
 @dataclass(frozen=True)
 class View:
-    """A consistent snapshot for readers: committed row count and deleted flags by id."""
+    """A consistent snapshot for readers: committed row count and, by id, the flags of rows a
+    search must not return (deleted, waiting for re-embedding, or without a readable vector)."""
 
     count: int
     deleted: np.ndarray
     deleted_count: int = 0  # counted once here, not by every search
+    unreadable: np.ndarray | None = None  # ids whose vector is missing from a damaged shard
 
 
 class VectorShards:
@@ -113,18 +134,84 @@ class VectorShards:
     def _path(self, shard: int) -> Path:
         return self.directory / f"{shard:05d}.f32"
 
+    def _shards(self) -> Iterator[tuple[int, Path]]:
+        for path in self.directory.glob("*.f32"):
+            if path.stem.isdigit():
+                yield int(path.stem), path
+
+    def rows_in(self, shard: int) -> int:
+        """Whole vectors in one shard file (0 when the file is missing)."""
+        try:
+            return self._path(shard).stat().st_size // (self.dim * 4)
+        except FileNotFoundError:
+            return 0
+
+    @staticmethod
+    def _expected(shard: int, count: int) -> int:
+        """Vectors shard ``shard`` must hold for ``count`` committed rows."""
+        return min(max(count - shard * SHARD_ROWS, 0), SHARD_ROWS)
+
+    def missing(self, count: int) -> list[tuple[int, int]]:
+        """Id ranges [start, stop) below ``count`` whose vector is missing (a shard cut short
+        or deleted). Forgets the memory maps of such shards: reading past a file's end through
+        a map made before it shrank would kill the process."""
+        gaps = []
+        for shard in range((count + SHARD_ROWS - 1) // SHARD_ROWS):
+            have, want = self.rows_in(shard), self._expected(shard, count)
+            if have < want:
+                self._maps.pop(shard, None)
+                self._scattered.pop(shard, None)
+                gaps.append((shard * SHARD_ROWS + have, shard * SHARD_ROWS + want))
+        return gaps
+
+    def stored_past(self, count: int) -> int:
+        """Vectors stored past the first ``count`` (an interrupted write's, or damage)."""
+        return sum(
+            max(self.rows_in(shard) - self._expected(shard, count), 0)
+            for shard, _ in self._shards()
+        )
+
     def truncate(self, count: int) -> None:
-        """Drop every vector at position >= count (left over by a crashed write)."""
+        """Drop every vector at position >= count (left over by a crashed write); never
+        lengthens a shard."""
         self._maps.clear()
         self._scattered.clear()
         last_shard, offset = divmod(count, SHARD_ROWS)
-        for path in self.directory.glob("*.f32"):
-            shard = int(path.stem)
+        for shard, path in self._shards():
             if shard > last_shard:
                 path.unlink()
-            elif shard == last_shard and path.stat().st_size != offset * self.dim * 4:
+            elif shard == last_shard and path.stat().st_size > offset * self.dim * 4:
                 with open(path, "r+b") as f:
                     f.truncate(offset * self.dim * 4)
+                    os.fsync(f.fileno())
+
+    def pad(self, count: int) -> None:
+        """Fill the missing vectors below ``count`` with zeros, so later ids keep their
+        positions (the rows they belong to must be marked stale first)."""
+        self._maps.clear()
+        self._scattered.clear()
+        for start, _ in self.missing(count):
+            shard = start // SHARD_ROWS
+            with open(self._path(shard), "ab") as f:
+                f.truncate(self._expected(shard, count) * self.dim * 4)
+                os.fsync(f.fileno())
+
+    def set_aside(self, count: int, target: Path) -> int:
+        """Copy the vectors past ``count`` to ``target`` (raw float32), then drop them from the
+        shards; returns how many were moved."""
+        moved = 0
+        with open(target, "wb") as out:
+            for shard, path in sorted(self._shards()):
+                skip = self._expected(shard, count) * self.dim * 4
+                with open(path, "rb") as f:
+                    f.seek(skip)
+                    while block := f.read(1 << 24):
+                        out.write(block)
+                        moved += len(block)
+            out.flush()
+            os.fsync(out.fileno())
+        self.truncate(count)
+        return moved // (self.dim * 4)
 
     def append(self, start: int, vectors: np.ndarray) -> None:
         """Write ``vectors`` at positions start.. and fsync them."""
@@ -145,16 +232,15 @@ class VectorShards:
 
     def stored_count(self) -> int:
         """Vectors present in the shard files, committed or not."""
-        total = 0
-        for path in self.directory.glob("*.f32"):
-            total += path.stat().st_size // (self.dim * 4)
-        return total
+        return sum(path.stat().st_size // (self.dim * 4) for _, path in self._shards())
 
     def _map(self, shard: int, rows: int) -> np.ndarray:
         cached = self._maps.get(shard)
         if cached is None or len(cached) < rows:
             # whole rows only: a crashed writer may have left a partial row past the count
-            whole = self._path(shard).stat().st_size // (self.dim * 4)
+            whole = self.rows_in(shard)
+            if whole == 0:  # a missing or emptied shard: nothing to map
+                return np.zeros((0, self.dim), dtype=np.float32)
             cached = np.memmap(
                 self._path(shard), dtype=np.float32, mode="r", shape=(whole, self.dim)
             )
@@ -162,10 +248,13 @@ class VectorShards:
         return cached[:rows]
 
     def chunks(self, count: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first id, read-only view) for the first ``count`` vectors, shard by shard."""
+        """Yield (first id, read-only view) for the first ``count`` vectors, shard by shard;
+        a damaged shard yields only the vectors it still holds."""
         for shard in range((count + SHARD_ROWS - 1) // SHARD_ROWS):
             start = shard * SHARD_ROWS
-            yield start, self._map(shard, min(SHARD_ROWS, count - start))
+            block = self._map(shard, min(SHARD_ROWS, count - start))
+            if len(block):
+                yield start, block
 
     def get(self, ids: Sequence[int], count: int, *, prefetch: bool = False) -> np.ndarray:
         """Vectors of the given ids (each < count), in order; ``prefetch``: see :func:`gather`
@@ -176,6 +265,11 @@ class VectorShards:
         for shard in np.unique(shards):
             where = np.flatnonzero(shards == shard)
             rows = wanted[where] - int(shard) * SHARD_ROWS
+            if rows.max() >= self.rows_in(int(shard)):
+                raise CollectionError(
+                    f"the vector of id {int(shard) * SHARD_ROWS + int(rows.max())} is missing "
+                    f"from {self._path(int(shard))}: run `lookalike verify`"
+                )
             mapped, block = self._scattered_map(int(shard), int(rows.max()) + 1)
             out[where] = gather(mapped, block, rows) if prefetch else block[rows]
         return out
@@ -191,6 +285,38 @@ class VectorShards:
             cached = (mapped, np.frombuffer(mapped, dtype=np.float32).reshape(whole, self.dim))
             self._scattered[shard] = cached
         return cached
+
+
+def _flock(directory: Path, timeout: float) -> Any:
+    """The collection's ``write.lock`` file, locked exclusively; None if another writer held it
+    for ``timeout`` seconds."""
+    handle = open(directory / "write.lock", "a+")  # noqa: SIM115 - held by the caller
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                return None
+            time.sleep(0.05)
+
+
+@contextmanager
+def writer_lock(directory: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold a collection's writer lock without opening its database (to rebuild it)."""
+    handle = _flock(directory, timeout)
+    if handle is None:
+        raise CollectionError(
+            f"{directory} is being written by another writer (waited {timeout:.0f} s); "
+            "try again when it has finished"
+        )
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def gather(mapped: mmap.mmap, block: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -217,37 +343,30 @@ class Store:
         vector_dir = directory / "vectors"
         vector_dir.mkdir(exist_ok=True)
         self.vectors = VectorShards(vector_dir, dim)
-        self._db = sqlite3.connect(
-            directory / "rows.sqlite",
-            timeout=LOCK_TIMEOUT_S,
-            check_same_thread=False,
-            isolation_level=None,
-        )
+        database = directory / DATABASE
+        if not database.exists() and self.vectors.stored_count():
+            raise CollectionError(lost_rows_message(database, self.vectors.stored_count()))
         self._mutex = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-        self._lock_file: Any = None
-        self._writer = threading.RLock()
-        self._depth = 0  # the flock is per process; the RLock orders its threads
-        self._seen_version: tuple[int, int] | None = None
-        self._view = View(0, np.zeros(0, dtype=bool))
-        self.refresh()
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise CollectionError(
-                f"collection schema version {version} is newer than this lookalike supports "
-                f"({SCHEMA_VERSION}); upgrade lookalike"
+        try:
+            self._db = sqlite3.connect(
+                database, timeout=LOCK_TIMEOUT_S, check_same_thread=False, isolation_level=None
             )
-        while version < SCHEMA_VERSION:
-            # executescript commits whatever is pending, so the script carries its own transaction
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {MIGRATIONS[version]}; "
-                f"PRAGMA user_version = {version + 1}; COMMIT;"
-            )
-            version += 1
+            if not schema_version(self._db) and self.vectors.stored_count():
+                self._db.close()  # an empty file: giving it a schema would hide the loss
+                raise CollectionError(lost_rows_message(database, self.vectors.stored_count()))
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit (and the pending count before the vectors) survives a power cut
+            self._db.execute("PRAGMA synchronous=FULL")
+            migrate(self._db)
+            self._lock_file: Any = None
+            self._writer = threading.RLock()
+            self._depth = 0  # the flock is per process; the RLock orders its threads
+            self._seen_version: tuple[int, int] | None = None
+            self._view = View(0, np.zeros(0, dtype=bool))
+            self._damage: tuple[tuple[tuple[int, int], ...], View, View] | None = None
+            self.refresh()
+        except sqlite3.DatabaseError as error:
+            raise database_error(database, error) from error
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -263,7 +382,10 @@ class Store:
     def _select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run a query under the connection's mutex (threads share one connection)."""
         with self._mutex:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as error:
+                raise database_error(self.directory / DATABASE, error) from error
 
     def close(self) -> None:
         """Release the writer lock and the database connection."""
@@ -280,16 +402,34 @@ class Store:
                 return False
             count = int(self._select("SELECT value FROM meta WHERE key = 'vector_count'")[0][0])
             deleted = np.zeros(count, dtype=bool)
-            ids = [r[0] for r in self._select("SELECT id FROM items WHERE deleted = 1")]
+            ids = [
+                r[0] for r in self._select("SELECT id FROM items WHERE deleted = 1 OR stale = 1")
+            ]
             deleted[np.asarray(ids, dtype=np.int64)] = True
             self._view = View(count, deleted, len(ids))
             self._seen_version = version
             return True
 
     def view(self) -> View:
-        """The latest committed (count, deleted) pair, refreshed first."""
+        """The latest committed (count, deleted) pair, refreshed first; ids whose vector a
+        damaged shard lost count as deleted, so searches skip them."""
         self.refresh()
-        return self._view
+        gaps = tuple(self.vectors.missing(self._view.count))  # a few stat calls
+        if not gaps:
+            return self._view
+        if self._damage is None or self._damage[:2] != (gaps, self._view):
+            unreadable = np.zeros(self._view.count, dtype=bool)
+            for start, stop in gaps:
+                unreadable[start:stop] = True
+            hidden = self._view.deleted | unreadable
+            damaged = View(self._view.count, hidden, int(hidden.sum()), unreadable)
+            self._damage = (gaps, self._view, damaged)
+        return self._damage[2]
+
+    def pending_count(self) -> int:
+        """How far the vectors of the latest write reach (committed or not)."""
+        found = self._select("SELECT value FROM meta WHERE key = 'pending_count'")
+        return int(found[0][0]) if found else self.count
 
     @property
     def count(self) -> int:
@@ -304,16 +444,18 @@ class Store:
     # -- writer lock -----------------------------------------------------------------------
 
     @contextmanager
-    def writing(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Store]:
+    def writing(self, timeout: float = LOCK_TIMEOUT_S, *, check: bool = True) -> Iterator[Store]:
         """Hold the single-writer lock (threads of this process and other processes alike)."""
-        self.lock(timeout)
+        self.lock(timeout, check=check)
         try:
             yield self
         finally:
             self.unlock()
 
-    def lock(self, timeout: float = LOCK_TIMEOUT_S) -> None:
-        """Take the single-writer lock, waiting up to ``timeout`` seconds."""
+    def lock(self, timeout: float = LOCK_TIMEOUT_S, *, check: bool = True) -> None:
+        """Take the single-writer lock, waiting up to ``timeout`` seconds. Unless ``check`` is
+        False (for repairs), an interrupted write's vectors are then truncated, and damaged
+        vector files are refused."""
         busy = CollectionError(
             f"{self.directory} is being written by another writer (waited {timeout:.0f} s); "
             "try again when it has finished"
@@ -323,22 +465,41 @@ class Store:
         self._depth += 1
         if self._depth > 1:  # nested: this thread holds the lock already
             return
-        handle = open(self.directory / "write.lock", "a+")  # noqa: SIM115 - held until unlock()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.close()
-                    self._depth -= 1
-                    self._writer.release()
-                    raise busy from None
-                time.sleep(0.05)
+        handle = _flock(self.directory, timeout)
+        if handle is None:
+            self._depth -= 1
+            self._writer.release()
+            raise busy
         self._lock_file = handle
-        self.refresh()
-        self.vectors.truncate(self.count)
+        if not check:
+            return
+        try:
+            self.refresh()
+            self._settle_vectors()
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _settle_vectors(self) -> None:
+        """Truncate an interrupted write's vectors; refuse to write over damage."""
+        count = self.count
+        gaps = self.vectors.missing(count)
+        if gaps:
+            lost = sum(stop - start for start, stop in gaps)
+            raise CollectionError(
+                f"the vector files of {self.directory} lack the vectors of {lost} committed rows "
+                f"(ids {describe_ranges(gaps)}): run `lookalike verify --repair`, then "
+                "`lookalike index` to embed them again"
+            )
+        past = self.vectors.stored_past(count)
+        if past > max(self.pending_count() - count, 0):
+            raise CollectionError(
+                f"the vector files of {self.directory} hold {past} vectors past the {count} "
+                f"committed rows, more than an interrupted write leaves: {DATABASE} may have "
+                "been replaced or restored from an older copy; nothing was changed: run "
+                "`lookalike verify`"
+            )
+        self.vectors.truncate(count)
 
     def unlock(self) -> None:
         """Release the writer lock (the file lock goes with the outermost release)."""
@@ -365,11 +526,13 @@ class Store:
         if vectors.shape[1] != self.dim:
             raise BadInputError(f"vectors have dimension {vectors.shape[1]}, expected {self.dim}")
         start = self.count
+        with self._transaction():  # first say how far these vectors reach
+            self._set_meta("pending_count", start + len(rows))
         self.vectors.append(start, vectors)
         now = time.time()
         with self._transaction():
             self._db.executemany(
-                f"INSERT INTO items ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                f"INSERT INTO items ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
                 [
                     (
                         start + i,
@@ -385,14 +548,15 @@ class Store:
                     for i, r in enumerate(rows)
                 ],
             )
-            self._db.execute(
-                "UPDATE meta SET value = ? WHERE key = 'vector_count'", (str(start + len(rows)),)
-            )
+            self._set_meta("vector_count", start + len(rows))
             self._db.executemany(
                 "UPDATE items SET deleted = 1 WHERE id = ?", [(int(i),) for i in replaces]
             )
         self.refresh()
         return list(range(start, start + len(rows)))
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
 
     def mark_deleted(self, ids: Iterable[int]) -> int:
         """Flag rows as deleted; return how many live rows were removed."""
@@ -401,6 +565,18 @@ class Store:
         with self._transaction():
             changed = self._db.executemany(
                 "UPDATE items SET deleted = 1 WHERE id = ? AND deleted = 0", [(i,) for i in ids]
+            ).rowcount
+        self.refresh()
+        return changed
+
+    def mark_stale(self, ids: Iterable[int]) -> int:
+        """Flag live rows whose vector was lost, so searches skip them and the next ingest
+        embeds them again; returns how many were flagged."""
+        self._require_lock()
+        with self._transaction():
+            changed = self._db.executemany(
+                "UPDATE items SET stale = 1 WHERE id = ? AND deleted = 0 AND stale = 0",
+                [(int(i),) for i in ids],
             ).rowcount
         self.refresh()
         return changed
@@ -435,24 +611,52 @@ class Store:
         return _row(found[0]) if found else None
 
     def live_by_hash(self, content_hash: str) -> Row | None:
-        """A live row with this content hash, if any."""
+        """A live row with this content hash and a usable vector, if any."""
         found = self._select(
-            f"SELECT {_ROW_COLUMNS} FROM items WHERE content_hash = ? AND deleted = 0 LIMIT 1",
+            f"SELECT {_ROW_COLUMNS} FROM items "
+            "WHERE content_hash = ? AND deleted = 0 AND stale = 0 LIMIT 1",
             (content_hash,),
         )
         return _row(found[0]) if found else None
 
+    def live_by_keys(self, keys: Sequence[str]) -> dict[str, Row]:
+        """The live rows stored under these keys, by key."""
+        out: dict[str, Row] = {}
+        for begin in range(0, len(keys), 500):
+            chunk = list(keys[begin : begin + 500])
+            marks = ",".join("?" * len(chunk))
+            for r in self._select(
+                f"SELECT {_ROW_COLUMNS} FROM items WHERE deleted = 0 AND key IN ({marks})", chunk
+            ):
+                out[r[1]] = _row(r)
+        return out
+
+    def duplicate_keys(self) -> dict[str, list[int]]:
+        """Keys held by more than one live row (left by racing writers), with their ids."""
+        found = self._select(
+            "SELECT key, group_concat(id) FROM items WHERE deleted = 0 "
+            "GROUP BY key HAVING COUNT(*) > 1"
+        )
+        return {key: sorted(int(i) for i in ids.split(",")) for key, ids in found}
+
+    def stale_rows(self) -> list[Row]:
+        """Live rows whose vector waits to be embedded again, in id order."""
+        found = self._select(
+            f"SELECT {_ROW_COLUMNS} FROM items WHERE deleted = 0 AND stale = 1 ORDER BY id"
+        )
+        return [_row(r) for r in found]
+
     def ids_matching(self, equals: dict[str, Any]) -> np.ndarray:
         """Ids of live rows whose metadata has each key equal to the given value."""
+        if len(equals) > MAX_FILTER_KEYS:
+            raise BadInputError(
+                f"a filter may hold at most {MAX_FILTER_KEYS} keys; this one has {len(equals)}"
+            )
         clauses, params = [], []
         for name, value in equals.items():
-            if value is not None and not isinstance(value, (str, int, float)):
-                raise BadInputError(
-                    f"filter value for {name!r} must be a string, number, boolean or null"
-                )
             clauses.append("json_extract(metadata, ?) IS ?")
             params.append(_json_path(name))
-            params.append(value if not isinstance(value, bool) else int(value))
+            params.append(_filter_value(name, value))
         where = " AND ".join(["deleted = 0", *clauses])
         ids = [r[0] for r in self._select(f"SELECT id FROM items WHERE {where}", params)]
         return np.asarray(ids, dtype=np.int64)
@@ -504,7 +708,82 @@ class Store:
             last = found[-1][0]
 
 
+def schema_version(db: sqlite3.Connection) -> int:
+    """The schema version of an open database (0: no schema yet)."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a database's schema to :data:`SCHEMA_VERSION`, one step at a time."""
+    version = schema_version(db)
+    if version > SCHEMA_VERSION:
+        raise CollectionError(
+            f"collection schema version {version} is newer than this lookalike supports "
+            f"({SCHEMA_VERSION}); upgrade lookalike"
+        )
+    while version < SCHEMA_VERSION:
+        # executescript commits whatever is pending, so the script carries its own transaction
+        db.executescript(
+            f"BEGIN IMMEDIATE; {MIGRATIONS[version]}; PRAGMA user_version = {version + 1}; COMMIT;"
+        )
+        version += 1
+
+
+def lost_rows_message(database: Path, vectors: int) -> str:
+    """What to say when the rows of stored vectors are gone."""
+    return (
+        f"{database} is missing or empty, but the collection's vector files hold {vectors} "
+        "vectors: their rows (paths, metadata) are lost, and nothing was changed. Restore "
+        f"{database.name} from a backup, or index the sources again into a new collection"
+    )
+
+
+def database_error(database: Path, error: sqlite3.DatabaseError) -> CollectionError:
+    """A clear error for a database that cannot be read."""
+    if isinstance(error, sqlite3.OperationalError):  # busy, locked, disk full, permissions
+        return CollectionError(f"cannot use {database}: {error}")
+    return CollectionError(
+        f"{database} is damaged ({error}): `lookalike verify --repair` rebuilds it from what "
+        "is readable and keeps a copy of the damaged file"
+    )
+
+
+def id_ranges(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted ids as [start, stop) runs of consecutive ids."""
+    ranges: list[tuple[int, int]] = []
+    for i in ids:
+        if ranges and ranges[-1][1] == i:
+            ranges[-1] = (ranges[-1][0], i + 1)
+        else:
+            ranges.append((i, i + 1))
+    return ranges
+
+
+def describe_ranges(ranges: Sequence[tuple[int, int]], limit: int = 5) -> str:
+    """Id ranges [start, stop) as text: "3, 7..9, 12", the first ``limit`` of them."""
+    parts = [str(a) if b - a == 1 else f"{a}..{b - 1}" for a, b in ranges[:limit]]
+    return ", ".join(parts) + (", ..." if len(ranges) > limit else "")
+
+
 def _json_path(name: str) -> str:
+    if not isinstance(name, str):
+        raise BadInputError(f"filter field {name!r} must be a string")
+    if "\x00" in name:
+        raise BadInputError(f"filter field {name!r} must not hold NUL characters")
     if not name or any(c in name for c in '."[]$'):
         raise BadInputError(f"filter field {name!r} must be a plain metadata key")
     return f'$."{name}"'
+
+
+def _filter_value(name: str, value: Any) -> Any:
+    """``value`` as SQLite compares it: refused where SQLite would fail or match wrongly."""
+    if isinstance(value, bool):
+        return int(value)  # JSON true is stored as 1
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise BadInputError(f"filter value for {name!r} is beyond 64-bit integers: {value}")
+    if isinstance(value, float) and not math.isfinite(value):
+        # SQLite binds NaN as NULL, which would match every row lacking the key
+        raise BadInputError(f"filter value for {name!r} must be a finite number, not {value}")
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise BadInputError(f"filter value for {name!r} must be a string, number, boolean or null")
+    return value

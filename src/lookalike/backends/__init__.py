@@ -51,6 +51,12 @@ class Backend(Protocol):
     def live_by_hash(self, content_hash: str) -> Row | None:
         """A live row holding this content."""
 
+    def live_by_keys(self, keys: Sequence[str]) -> dict[str, Row]:
+        """Live rows stored under any of these paths or URLs, by key."""
+
+    def stale_rows(self) -> list[Row]:
+        """Live rows whose vector was lost and waits to be embedded again."""
+
     def iter_live(self) -> Iterator[Row]:
         """Every live row in id order."""
 

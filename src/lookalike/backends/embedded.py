@@ -56,8 +56,13 @@ class EmbeddedBackend:
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """See :class:`~lookalike.backends.Backend`."""
         view = self.store.view()
-        for i in ids:
-            if not 0 <= int(i) < view.count or view.deleted[int(i)]:
+        for i in map(int, ids):
+            if view.unreadable is not None and 0 <= i < view.count and view.unreadable[i]:
+                raise NotFoundError(
+                    f"the vector of image {i} was lost (a damaged vector file): "
+                    "`lookalike verify --repair` then `lookalike index` embed it again"
+                )
+            if not 0 <= i < view.count or view.deleted[i]:
                 raise NotFoundError(f"no image with id {i}")
         return self.store.vectors.get(ids, view.count)
 
@@ -68,6 +73,14 @@ class EmbeddedBackend:
     def live_by_hash(self, content_hash: str) -> Row | None:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.live_by_hash(content_hash)
+
+    def live_by_keys(self, keys: Sequence[str]) -> dict[str, Row]:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.live_by_keys(keys)
+
+    def stale_rows(self) -> list[Row]:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.stale_rows()
 
     def iter_live(self) -> Iterator[Row]:
         """See :class:`~lookalike.backends.Backend`."""

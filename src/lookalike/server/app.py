@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -21,11 +21,12 @@ from .._version import __version__
 from ..collection import Collection
 from ..errors import BadInputError, ImageError
 from ..fetch import is_url
+from ..imaging import ImageLimits, decode_image
 from ..query import OPTIONS, Query
 from ..types import Hit, Item
 from . import compat, errors
-from .bodies import links, read_json
-from .files import local_image_path, thumbnail
+from .bodies import item_name, links, parse_json, read_json, relative_path
+from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
 from .metrics import Metrics
 from .schemas import (
@@ -134,9 +135,11 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         collection = served[name]
         query = await _search_query(request, served)
         started = time.perf_counter()
-        hits = await run_in_threadpool(collection.search, query)
+        run = served.url_work.run if query.fetches else run_in_threadpool
+        hits = await run(collection.search, query)
+        roots = served.path_roots(name)
         return SearchResponse(
-            results=[_hit_body(name, h) for h in hits],
+            results=[_hit_body(name, h, roots) for h in hits],
             took_ms=round((time.perf_counter() - started) * 1000, 3),
             model=collection.model,
         )
@@ -144,7 +147,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
     def get_item(name: str, item_id: ItemId) -> ItemBody:
         """One stored image's size, metadata and links."""
-        return _item_body(name, served[name].get(item_id))
+        return _item_body(name, served[name].get(item_id), served.path_roots(name))
 
     @api.get(
         "/v1/collections/{name}/items/{item_id}/image",
@@ -165,9 +168,14 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         response_class=FileResponse,
         responses={200: {"content": {"image/jpeg": {}}}},
     )
-    def get_thumbnail(name: str, item_id: ItemId) -> FileResponse:
+    async def get_thumbnail(name: str, item_id: ItemId) -> FileResponse:
         """A JPEG thumbnail, made on first request and cached."""
-        path = thumbnail(served[name], item_id, served.settings.thumbnail_side)
+        collection, side = served[name], served.settings.thumbnail_side
+        item = await run_in_threadpool(collection.get, item_id)  # 404 for unknown ids
+        path = thumbnail_path(collection, item_id, side)
+        if not path.is_file():  # made now: fetched first if the image is stored by URL
+            run = served.url_work.run if item.url else run_in_threadpool
+            path = await run(thumbnail, collection, item_id, side)
         return FileResponse(
             path, media_type="image/jpeg", headers={"cache-control": "public, max-age=86400"}
         )
@@ -181,14 +189,17 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         """Add images: uploaded files (multipart field ``files``, optional ``metadata``, a JSON
         list) or URLs (JSON body ``{"urls": [...], "metadata": [...]}``)."""
         collection = served[name]
-        images, metadata = await _add_body(request)
-        report = await run_in_threadpool(collection.add_images, images, metadata=metadata)
+        images, metadata = await _add_body(request, collection.limits)
+        fetches = any(isinstance(image, str) for image in images)  # URLs, not uploads
+        run = served.url_work.run if fetches else run_in_threadpool
+        report = await run(functools.partial(collection.add_images, images, metadata=metadata))
+        roots = served.path_roots(name)
         return AddResponse(
             added=report.added,
             unchanged=report.unchanged,
             duplicates=report.duplicates,
             ids=report.ids,
-            items=[_item_body(name, collection.get(i)) for i in report.ids],
+            items=[_item_body(name, collection.get(i), roots) for i in report.ids],
             failed=[FailedBody(source=s, reason=r) for s, r in report.failed],
         )
 
@@ -220,7 +231,9 @@ async def _search_query(request: Request, served: Served) -> Query:
     return served.query(fields, image=await upload.read())
 
 
-async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] | None]:
+async def _add_body(
+    request: Request, limits: ImageLimits
+) -> tuple[list[Any], list[dict[str, Any]] | None]:
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form(max_files=1000, max_fields=10)
@@ -228,8 +241,9 @@ async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] |
         if not files:
             raise BadInputError("upload images in the multipart field 'files'")
         images = [await f.read() for f in files]
-        for data, upload in zip(images, files, strict=True):
-            _require_image(data, upload.filename or "upload")
+        names = [f.filename or "upload" for f in files]
+        # decoding takes up to a second an image: on the event loop it would stall every request
+        await run_in_threadpool(_require_images, images, names, limits)
         raw = form.get("metadata")
         metadata = _form_value("metadata", raw) if isinstance(raw, str) and raw else None
         if metadata is not None and not (
@@ -245,20 +259,19 @@ async def _add_body(request: Request) -> tuple[list[Any], list[dict[str, Any]] |
     return list(body.urls), body.metadata
 
 
-def _require_image(data: bytes, name: str) -> None:
-    from ..imaging import decode_image
-
-    try:
-        decode_image(data, min_side=THUMBNAIL_PROBE)  # JPEGs decode downscaled: cheap
-    except ImageError as error:
-        raise ImageError(f"{name}: {error}") from None
+def _require_images(images: list[bytes], names: list[str], limits: ImageLimits) -> None:
+    for data, name in zip(images, names, strict=True):
+        try:
+            decode_image(data, limits=limits, min_side=THUMBNAIL_PROBE)  # JPEGs: downscaled
+        except ImageError as error:
+            raise ImageError(f"{name}: {error}") from None
 
 
 def _form_value(field: str, value: str) -> Any:
     """A form field's value: JSON for structured fields, numbers and flags parsed."""
     try:
         if field in {"filter", "exclude_ids", "metadata"}:
-            return json.loads(value)
+            return parse_json(value, f"form field {field!r}")
         if field == "k":
             return int(value)
         if field == "dedupe":
@@ -270,21 +283,24 @@ def _form_value(field: str, value: str) -> Any:
     return value
 
 
-def _item_body(name: str, item: Item) -> ItemBody:
-    return ItemBody(**_public_fields(name, item))
+def _item_body(name: str, item: Item, roots: list[str] | None = None) -> ItemBody:
+    return ItemBody(**_public_fields(name, item, roots))
 
 
-def _hit_body(name: str, hit: Hit) -> HitBody:
-    return HitBody(**_public_fields(name, hit), score=hit.score)
+def _hit_body(name: str, hit: Hit, roots: list[str] | None = None) -> HitBody:
+    return HitBody(**_public_fields(name, hit, roots), score=hit.score)
 
 
-def _public_fields(name: str, item: Item) -> dict[str, Any]:
-    """What the API shows of a stored image: links instead of server paths."""
+def _public_fields(name: str, item: Item, roots: list[str] | None = None) -> dict[str, Any]:
+    """What the API shows of a stored image: links instead of server paths, its file name,
+    and its path relative to the indexed folder when ``roots`` are given (paths shown)."""
     url, thumb = links(name, item)
     return {
         "id": item.id,
         "url": url,
         "thumbnail_url": thumb,
+        "name": item_name(item),
+        "path": relative_path(item, roots) if roots is not None else None,
         "width": item.width,
         "height": item.height,
         "metadata": item.metadata,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from fastapi import Request
 
@@ -27,14 +30,40 @@ async def read_json(request: Request) -> Any:
     """The body parsed as JSON."""
     # clip-retrieval's client posts JSON without a content type, so the body is parsed as JSON
     # whatever the header says
-    raw = await request.body()
+    return parse_json(await request.body(), "the body")
+
+
+def parse_json(raw: str | bytes, what: str) -> Any:
+    """``raw`` parsed as JSON; ``what`` names it in the error."""
     try:
         return json.loads(raw)
+    except RecursionError:  # the C parser recurses once per level: "[[[[...]]]]" 100,000 deep
+        raise BadInputError(f"{what} nests JSON too deep") from None
     except (ValueError, UnicodeDecodeError):
-        raise BadInputError("the body must be JSON") from None
+        raise BadInputError(f"{what} must be JSON") from None
 
 
 def links(name: str, item: Item) -> tuple[str, str]:
     """(image URL, thumbnail URL) of a stored image served under collection ``name``."""
     base = f"/v1/collections/{name}/items/{item.id}"
     return item.url or f"{base}/image", f"{base}/thumbnail"
+
+
+def item_name(item: Item) -> str:
+    """A stored image's file name, or the last segment of its URL (its host if none)."""
+    if item.path:
+        return PurePath(item.path).name
+    parts = urlsplit(item.url or "")
+    return unquote(parts.path.rstrip("/").rpartition("/")[2]) or parts.hostname or ""
+
+
+def relative_path(item: Item, roots: Sequence[str]) -> str | None:
+    """A local image's path relative to the outermost of ``roots`` holding it (POSIX
+    separators), or None for remote images and files outside every root."""
+    if not item.path:
+        return None
+    path = PurePath(item.path)
+    holding = [PurePath(root) for root in roots if path.is_relative_to(root)]
+    if not holding:
+        return None
+    return path.relative_to(min(holding, key=lambda root: len(root.parts))).as_posix()

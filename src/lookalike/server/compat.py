@@ -63,9 +63,8 @@ def router(served: Served) -> APIRouter:
             raise BadInputError("give text, image, image_url or embedding_input")
         k = min(body.num_images, body.num_result_ids or body.num_images)
         dedupe = DEDUPE_COSINE if body.deduplicate else None
-        hits = await run_in_threadpool(
-            collection.search, served.query({"k": k, "dedupe": dedupe}, **query)
-        )
+        run = served.url_work.run if "url" in query else run_in_threadpool
+        hits = await run(collection.search, served.query({"k": k, "dedupe": dedupe}, **query))
         return [_knn_result(name, hit) for hit in hits]
 
     @api.post(

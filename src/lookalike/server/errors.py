@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from ..errors import (
+    BusyError,
     CollectionError,
     FetchError,
     ImageError,
@@ -52,7 +53,7 @@ def status_of(error: LookalikeError) -> int:
         return 422
     if isinstance(error, FetchError):
         return 400
-    if isinstance(error, CollectionError):
+    if isinstance(error, (CollectionError, BusyError)):
         return 503
     return 400
 
@@ -63,7 +64,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(LookalikeError)
     async def _library(_: Request, error: LookalikeError) -> JSONResponse:
         response = error_response(status_of(error), error.code, str(error))
-        if response.status_code == 503:  # the collection is busy (a long write): come back
+        if response.status_code == 503:  # busy (a long write, many URL fetches): come back
             response.headers["retry-after"] = "5"
         return response
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..collection import Collection
 from ..errors import NotFoundError
-from ..fetch import fetch
+from ..fetch import Deadline, fetch
 from ..imaging import decode_image, make_thumbnail
 
 THUMBNAILS = "thumbnails"
@@ -27,14 +27,20 @@ def local_image_path(collection: Collection, item_id: int) -> Path:
     return real
 
 
+def thumbnail_path(collection: Collection, item_id: int, side: int) -> Path:
+    """Where the thumbnail of a stored image is cached, made or not."""
+    return collection.path / THUMBNAILS / f"{side}" / f"{int(item_id)}.jpg"
+
+
 def thumbnail(collection: Collection, item_id: int, side: int) -> Path:
     """A JPEG thumbnail of a stored image, made once and cached in the collection."""
-    cached = collection.path / THUMBNAILS / f"{side}" / f"{int(item_id)}.jpg"
+    cached = thumbnail_path(collection, item_id, side)
     item = collection.get(item_id)  # raises for unknown or removed ids, cached or not
     if cached.is_file():
         return cached
     if item.url:
-        data = fetch(item.url, collection.fetch_policy)
+        policy = collection.fetch_policy
+        data = fetch(item.url, policy, Deadline(policy.deadline))
     else:
         data = local_image_path(collection, item_id).read_bytes()
     image = decode_image(data, limits=collection.limits, min_side=side).image

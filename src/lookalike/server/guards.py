@@ -28,7 +28,7 @@ class BodyTooLarge(Exception):
 
 
 class BodyTimeout(Exception):
-    """Raised inside receive() when a body chunk takes longer than the timeout to arrive."""
+    """Raised inside receive() when the body is not complete within the timeout."""
 
 
 class Guard:
@@ -40,6 +40,7 @@ class Guard:
         self.metrics = metrics
         self.keys = [k.encode() for k in settings.api_keys]
         self.buckets = RateBuckets(settings.rate_limit_per_minute)
+        self.auth_failures = RateBuckets(settings.auth_failures_per_minute)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,25 +64,27 @@ class Guard:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        if self.keys and not _is_public(path) and not self._key_ok(headers):
-            await _reply(
-                send,
-                401,
-                "unauthorized",
-                "missing or wrong API key: send 'Authorization: Bearer KEY' or 'x-api-key'",
-            )
-            return
+        # the client as uvicorn saw it: X-Forwarded-For counts only from --trust-proxy addresses
         client = (scope.get("client") or ("unknown", 0))[0]
         wait = 0 if path == "/health" else self.buckets.take(client)  # probes stay answered
         if wait:
-            await _reply(
-                send,
-                429,
-                "rate_limited",
-                f"too many requests; retry in {wait} s",
-                [(b"retry-after", str(wait).encode())],
-            )
+            await _too_many(send, "rate_limited", "too many requests", wait)
             return
+        if self.keys and not _is_public(path):
+            # checked before the key, so that guessing goes no faster once a right key is hit
+            wait = self.auth_failures.waiting(client)
+            if wait:
+                await _too_many(send, "auth_rate_limited", "too many wrong API keys", wait)
+                return
+            if not self._key_ok(headers):
+                self.auth_failures.take(client)
+                await _reply(
+                    send,
+                    401,
+                    "unauthorized",
+                    "missing or wrong API key: send 'Authorization: Bearer KEY' or 'x-api-key'",
+                )
+                return
         limit = self.settings.max_body_bytes
         declared = headers.get("content-length", b"")
         if declared.isdigit() and int(declared) > limit:
@@ -89,15 +92,16 @@ class Guard:
             return
         received = 0
         started = False
-
         body_done = False
+        # one deadline for the whole body: a timeout per chunk let 1 byte / 20 s go on forever
+        deadline = time.monotonic() + self.settings.body_timeout_s
 
         async def limited_receive() -> Message:
             nonlocal received, body_done
             if body_done:  # later receives wait for a disconnect: no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.settings.body_timeout_s)
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 raise BodyTimeout from None
             if message["type"] == "http.request":
@@ -119,7 +123,13 @@ class Guard:
                 await _reply(send, 413, "body_too_large", f"request body exceeds {limit} bytes")
         except BodyTimeout:
             if not started:
-                await _reply(send, 408, "body_timeout", "the request body arrived too slowly")
+                await _reply(
+                    send,
+                    408,
+                    "body_timeout",
+                    f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
+                    [(b"connection", b"close")],  # the rest of the body may still be coming
+                )
 
     def _key_ok(self, headers: dict[str, bytes]) -> bool:
         given = headers.get("x-api-key", b"")
@@ -143,8 +153,15 @@ class RateBuckets:
 
     def take(self, client: str) -> int:
         """0 when the request may go ahead, else seconds to wait."""
-        if self.rate <= 0:
-            return 0
+        return self._take(client, 1.0)
+
+    def waiting(self, client: str) -> int:
+        """What :meth:`take` would answer, without taking anything."""
+        return self._take(client, 0.0)
+
+    def _take(self, client: str, cost: float) -> int:
+        if self.rate <= 0 or (not cost and client not in self.buckets):
+            return 0  # a look at a client never seen keeps no bucket for it
         now = time.monotonic()
         with self.lock:
             if len(self.buckets) > self.max_clients:
@@ -154,12 +171,19 @@ class RateBuckets:
             if tokens < 1:
                 self.buckets[client] = (tokens, now)
                 return max(1, math.ceil((1 - tokens) / self.rate))
-            self.buckets[client] = (tokens - 1, now)
+            self.buckets[client] = (tokens - cost, now)
             return 0
 
 
 def _is_public(path: str) -> bool:
     return path == "/" or any(path == p or path.startswith(p) for p in PUBLIC_PATHS if p)
+
+
+async def _too_many(send: Send, code: str, what: str, wait: int) -> None:
+    """429 with the seconds to wait."""
+    await _reply(
+        send, 429, code, f"{what}; retry in {wait} s", [(b"retry-after", str(wait).encode())]
+    )
 
 
 async def _reply(

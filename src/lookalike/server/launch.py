@@ -11,9 +11,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from ..errors import BadInputError
+from ..lifeline import die_with_parent
 from .settings import ServerSettings
 
 CONFIG_ENV = "LOOKALIKE_SERVE_CONFIG"
+# how long an orphaned worker may take finishing its requests on SIGTERM before it is ended
+WORKER_GRACE_SECONDS = 3.0
 
 
 @dataclass
@@ -72,5 +75,9 @@ class ServeConfig:
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory for worker processes: the app described by $LOOKALIKE_SERVE_CONFIG."""
+    """uvicorn factory for worker processes: the app described by $LOOKALIKE_SERVE_CONFIG.
+
+    A worker ends with the server's parent process, even one killed with SIGKILL.
+    """
+    die_with_parent(grace_seconds=WORKER_GRACE_SECONDS)
     return ServeConfig.from_json(os.environ[CONFIG_ENV]).build_app()

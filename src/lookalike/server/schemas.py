@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..query import MAX_PARTS
 
 MetadataValue = str | int | float | bool | None
+NAME_DOC = "the image's file name, or the last segment of its URL"
+PATH_DOC = (
+    "its file's path relative to the folder it was indexed from, where the server shows "
+    "paths (lookalike serve --show-paths); else null"
+)
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would take true for 1
+        raise ValueError("an id must be an integer, not a boolean")
+    return value
+
+
+ImageId = Annotated[int, BeforeValidator(_not_a_boolean)]
 
 
 class QueryKinds(BaseModel):
@@ -19,7 +33,7 @@ class QueryKinds(BaseModel):
     text: str | None = Field(None, max_length=2000)
     image: str | None = Field(None, description="base64-encoded image bytes")
     url: str | None = Field(None, max_length=8192)
-    id: int | None = None
+    id: ImageId | None = None
     vector: list[float] | None = Field(None, max_length=65536)
 
 
@@ -41,7 +55,7 @@ class SearchBody(QueryKinds):
     filter: dict[str, MetadataValue] | None = Field(
         None, description="keep rows whose metadata equals each value"
     )
-    exclude_ids: list[int] = Field(default_factory=list, max_length=100_000)
+    exclude_ids: list[ImageId] = Field(default_factory=list, max_length=100_000)
     include_self: bool = False
     dedupe: float | None = Field(
         None, gt=0, le=1, description="drop near-duplicates at this cosine"
@@ -58,6 +72,8 @@ class HitBody(BaseModel):
     score: float
     url: str | None = Field(None, description="where to get the full image")
     thumbnail_url: str | None = None
+    name: str = Field("", description=NAME_DOC)
+    path: str | None = Field(None, description=PATH_DOC)
     width: int
     height: int
     metadata: dict[str, Any]
@@ -77,6 +93,8 @@ class ItemBody(BaseModel):
     id: int
     url: str | None
     thumbnail_url: str | None
+    name: str = Field("", description=NAME_DOC)
+    path: str | None = Field(None, description=PATH_DOC)
     width: int
     height: int
     metadata: dict[str, Any]
@@ -179,5 +197,5 @@ class MetadataBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    ids: list[int] = Field(..., max_length=10_000)
+    ids: list[ImageId] = Field(..., max_length=10_000)
     indice_name: str | None = None

@@ -8,6 +8,7 @@ from typing import Any
 from ..collection import Collection
 from ..errors import BadInputError, InvalidQueryError, NotFoundError
 from ..query import Query
+from .fetching import FetchWork
 from .settings import ServerSettings
 
 
@@ -17,6 +18,7 @@ class Served:
     def __init__(self, collections: Mapping[str, Collection], settings: ServerSettings) -> None:
         self.collections = dict(collections)
         self.settings = settings
+        self.url_work = FetchWork(settings.fetch_threads)  # never the threads of other requests
 
     def __getitem__(self, name: str) -> Collection:
         try:
@@ -35,3 +37,7 @@ class Served:
         if isinstance(k, int) and not isinstance(k, bool) and k > settings.max_k:
             raise BadInputError(f"k must be at most {settings.max_k} on this server")
         return Query.build(**parts, **body) if parts else Query.from_json(body)
+
+    def path_roots(self, name: str) -> list[str] | None:
+        """The folders that hits' paths are shown relative to; None where paths are hidden."""
+        return self[name].roots() if self.settings.show_paths else None

@@ -1,8 +1,8 @@
 // The lookalike search page: query a collection by image, URL, text or a result's id.
-// The query lives in the page URL (?c=NAME&id=|text=|url=), so searches can be shared and the
-// back button walks the trail of clicks.
+// The query lives in the page URL (?c=NAME&id=|text=|url=[&k=]), so searches can be shared and
+// the back button walks the trail of clicks.
 
-const K = 20;
+const DEFAULT_K = 20;
 const KEY_STORAGE = 'lookalike.apiKey';
 const LINKABLE = ['id', 'text', 'url']; // query kinds that fit in the page URL
 const CAPTION_KEYS = ['title', 'name', 'caption', 'label', 'filename'];
@@ -31,8 +31,10 @@ const els = {
   stats: $('#stats'),
   exportJson: $('#export-json'),
   exportCsv: $('#export-csv'),
+  k: $('#k'),
   empty: $('#empty'),
   results: $('#results'),
+  more: $('#more'),
   details: $('#details'),
   detailsTitle: $('#details-title'),
   detailsImage: $('#details-image'),
@@ -110,15 +112,59 @@ function searchRequest(query) {
   if (query.kind === 'upload') {
     const form = new FormData();
     form.append('image', query.file, query.file.name || 'upload');
-    form.append('k', String(K));
+    form.append('k', String(query.k));
     return { method: 'POST', body: form };
   }
   const value = query.kind === 'id' ? Number(query.value) : query.value;
   return {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ [query.kind]: value, k: K }),
+    body: JSON.stringify({ [query.kind]: value, k: query.k }),
   };
+}
+
+// Why the page will not send a query, or null: what it can tell without asking the server.
+function queryProblem(query) {
+  if (!isCount(query.k)) {
+    return new ApiError(
+      `“${query.k}” is not a number of results: k must be a whole number from 1 up.`,
+      'bad_k',
+    );
+  }
+  if (query.kind === 'id' && !isCount(query.value, 0)) {
+    return new ApiError(
+      `“${query.value}” is not an image id: ids are whole numbers, like 3.`,
+      'bad_id',
+    );
+  }
+  const c = state.collections.find((known) => known.name === query.c);
+  if (query.kind === 'text' && c && !c.supports_text) {
+    return new ApiError(
+      `The collection “${c.name}” uses an image-only model (${c.model}), which cannot search `
+      + 'by text: search by an image or an image URL instead.',
+      'text_unsupported',
+    );
+  }
+  return null;
+}
+
+// Whether `value` (a number or the text of one) is a whole number from `least` up.
+function isCount(value, least = 1) {
+  const text = String(value);
+  return /^\d{1,15}$/.test(text) && Number(text) >= least;
+}
+
+// The server's error, told in the page's terms where it knows more.
+function explain(query, error) {
+  if (query.kind === 'id' && error.status === 404) {
+    return new ApiError(
+      `The collection “${query.c}” has no image #${query.value}: it may have been removed, or `
+      + 'the link is wrong.',
+      error.code,
+      error.status,
+    );
+  }
+  return error;
 }
 
 // Images under /v1 need the API key when the server has keys, which <img src> cannot send:
@@ -178,11 +224,26 @@ async function loadCollections() {
   }
 }
 
+// Selects the collection called `name` (or keeps the current one when no name is given);
+// returns false for a name this server does not serve.
 function selectCollection(name) {
   const found = state.collections.find((c) => c.name === name);
-  if (name && !found) showError(new ApiError(`There is no collection named “${name}”.`, 'not_found'));
   state.current = found || state.current || state.collections[0] || null;
-  const c = state.current;
+  showCollection(state.current);
+  return !name || Boolean(found);
+}
+
+function unknownCollection(name) {
+  const names = state.collections.map((c) => `“${c.name}”`).join(', ');
+  return new ApiError(
+    `This link names the collection “${name}”, which this server does not serve`
+    + `${names ? `; it serves ${names}` : ''}.`,
+    'not_found',
+    404,
+  );
+}
+
+function showCollection(c) {
   if (!c) return;
   els.collection.value = c.name;
   els.collectionName.textContent = c.name;
@@ -205,6 +266,7 @@ function pageUrl(query) {
   const params = new URLSearchParams();
   if (query.c) params.set('c', query.c);
   if (LINKABLE.includes(query.kind)) params.set(query.kind, String(query.value));
+  if (query.kind && query.k !== DEFAULT_K) params.set('k', String(query.k));
   const search = params.toString();
   return `${location.pathname}${search ? `?${search}` : ''}`;
 }
@@ -212,11 +274,16 @@ function pageUrl(query) {
 function queryFromPage() {
   const params = new URLSearchParams(location.search);
   const c = params.get('c');
+  const raw = params.get('k');
+  const k = raw === null ? DEFAULT_K : (isCount(raw) && Number(raw)) || raw; // bad: refused later
   for (const kind of LINKABLE) {
-    if (params.has(kind)) return { c, kind, value: params.get(kind) };
+    if (params.has(kind)) return { c, kind, value: params.get(kind), k };
   }
-  return { c, kind: null };
+  return { c, kind: null, k };
 }
+
+// Results asked for at a time: the page size chosen.
+const pageSize = () => Number(els.k.value);
 
 function describe(query) {
   switch (query.kind) {
@@ -243,6 +310,11 @@ async function search(query, mode = 'push') {
   const seq = ++state.seq;
   state.query = query;
   state.response = null;
+  const problem = queryProblem(query);
+  if (problem) {
+    showFailure(query, problem);
+    return;
+  }
   showLoading(query);
   try {
     const response = await api(`${collectionPath(query.c)}/search`, searchRequest(query));
@@ -251,7 +323,31 @@ async function search(query, mode = 'push') {
     render(query, response);
   } catch (error) {
     if (seq !== state.seq) return;
-    showFailure(error);
+    showFailure(query, explain(query, error));
+  }
+}
+
+// Asks for the next page of results: the same query with a larger k. The results shown stay
+// if that fails, and focus goes to the first new one if it works.
+async function loadMore() {
+  const { query, response } = state;
+  if (!query || !response) return;
+  const more = { ...query, k: query.k + pageSize() };
+  const seq = ++state.seq;
+  const first = response.results.length;
+  showLoading(more);
+  try {
+    const answer = await api(`${collectionPath(more.c)}/search`, searchRequest(more));
+    if (seq !== state.seq) return;
+    state.query = more;
+    const entry = history.state || { key: `e${Date.now()}-${entries++}`, kind: more.kind };
+    history.replaceState(entry, '', pageUrl(more));
+    shown.set(entry.key, { query: more, response: answer });
+    render(more, answer, first);
+  } catch (error) {
+    if (seq !== state.seq) return;
+    render(query, response);
+    showError(error);
   }
 }
 
@@ -261,21 +357,31 @@ function searchFile(file) {
     showError(new ApiError(`“${file.name}” is not an image.`, 'not_image'));
     return;
   }
-  search({ c: state.current.name, kind: 'upload', file, preview: URL.createObjectURL(file) });
+  search({
+    c: state.current.name,
+    kind: 'upload',
+    file,
+    preview: URL.createObjectURL(file),
+    k: pageSize(),
+  });
 }
 
 function searchBy(kind, value) {
   if (!state.current) return;
   const text = typeof value === 'string' ? value.trim() : value;
   if (text === '' || text === null || text === undefined) return;
-  search({ c: state.current.name, kind, value: text });
+  search({ c: state.current.name, kind, value: text, k: pageSize() });
 }
 
 // Shows what the page URL and history entry stand for: from memory when this entry was
 // answered before, else by asking again.
 function restore(entry) {
   const fromPage = queryFromPage();
-  selectCollection(fromPage.c);
+  if (!selectCollection(fromPage.c)) {
+    clearResults(EMPTY_HINT);
+    showError(unknownCollection(fromPage.c));
+    return;
+  }
   const remembered = entry && shown.get(entry.key);
   if (remembered) {
     state.seq++;
@@ -296,6 +402,8 @@ function restore(entry) {
 function showInInputs(query) {
   els.textInput.value = query.kind === 'text' ? query.value : '';
   els.urlInput.value = query.kind === 'url' ? query.value : '';
+  const k = String(query.k);
+  if ([...els.k.options].some((option) => option.value === k)) els.k.value = k;
 }
 
 // ---- rendering -----------------------------------------------------------------------------
@@ -315,6 +423,7 @@ function showLoading(query) {
   els.stats.classList.add('spinner');
   els.results.classList.add('busy');
   els.results.setAttribute('aria-busy', 'true');
+  els.more.disabled = true;
   setExports(false);
   showPreview(query);
 }
@@ -334,9 +443,13 @@ function endLoading(stateName) {
   els.stats.classList.remove('spinner');
   els.results.classList.remove('busy');
   els.results.removeAttribute('aria-busy');
+  els.more.disabled = false;
 }
 
-function render(query, response) {
+// Shows a query's results. Focus goes to result `focus` when given, or to the first result
+// when it was on one of the results replaced (a click on a result, say), so it is not lost.
+function render(query, response, focus = null) {
+  const refocus = focus ?? (els.results.contains(document.activeElement) ? 0 : null);
   state.response = response;
   endLoading('done');
   els.error.hidden = true;
@@ -349,14 +462,28 @@ function render(query, response) {
   els.empty.hidden = n > 0;
   els.empty.textContent = 'No images matched.';
   setExports(n > 0);
+  // a full page may have more behind it; fewer than asked means that was all
+  const total = state.current && state.current.name === query.c ? state.current.count : Infinity;
+  els.more.hidden = n < query.k || n >= total;
+  els.more.textContent = `Show ${pageSize()} more`;
+  if (refocus !== null) focusCard(refocus);
 }
 
-function showFailure(error) {
+// Says why a query got no results: in the error box, with no results or preview left over.
+function showFailure(query, error) {
+  const hadFocus = els.results.contains(document.activeElement);
   endLoading('error');
   els.results.replaceChildren();
+  els.more.hidden = true;
+  els.summary.hidden = false;
+  els.previewButton.hidden = true;
+  els.queryLabel.textContent = describe(query);
   els.stats.textContent = 'Search failed';
   els.empty.hidden = true;
-  if (error.status !== 401) showError(error);
+  setExports(false);
+  if (error.status === 401) return; // the key prompt says it
+  showError(error);
+  if (hadFocus) els.error.focus();
 }
 
 function showError(error) {
@@ -375,6 +502,7 @@ function clearResults(hint) {
   endLoading('idle');
   els.summary.hidden = true;
   els.results.replaceChildren();
+  els.more.hidden = true;
   els.empty.textContent = hint;
   els.empty.hidden = false;
   setExports(false);
@@ -391,8 +519,22 @@ function caption(metadata) {
   return '';
 }
 
+// The file a hit came from: its path relative to the indexed folder where the server shows
+// paths, else its file name; folders and name on lines of their own, so both stay in sight.
+function fileLine(hit) {
+  const where = hit.path || hit.name;
+  if (!where) return '';
+  const cut = where.lastIndexOf('/') + 1;
+  return el(
+    'p',
+    { className: 'file', title: where },
+    cut ? el('span', { className: 'dir', textContent: where.slice(0, cut) }) : '',
+    el('span', { className: 'base', textContent: where.slice(cut) }),
+  );
+}
+
 function card(hit) {
-  const label = caption(hit.metadata);
+  const label = caption(hit.metadata) || hit.name;
   const img = el('img', {
     alt: label || `Image #${hit.id}`,
     loading: 'lazy',
@@ -423,9 +565,44 @@ function card(hit) {
     more,
   );
   const item = el('li', { className: 'card' }, open, info);
-  if (label) item.append(el('p', { className: 'caption', textContent: label, title: label }));
+  if (label && label !== hit.name) {
+    item.append(el('p', { className: 'caption', textContent: label, title: label }));
+  }
+  item.append(fileLine(hit));
   item.dataset.id = hit.id;
   return item;
+}
+
+function focusCard(index) {
+  const cards = els.results.children;
+  if (!cards.length) return;
+  cards[Math.max(0, Math.min(index, cards.length - 1))].querySelector('.thumb').focus();
+}
+
+// Arrow keys move between result cards (up and down by a row of the grid), Home and End to
+// the first and last; focus stays on the same control of the card reached.
+function moveInResults(event) {
+  const card = event.target.closest('.card');
+  if (!card || event.altKey || event.ctrlKey || event.metaKey) return;
+  const cards = [...els.results.children];
+  const index = cards.indexOf(card);
+  const columns = cards.filter((c) => c.offsetTop === cards[0].offsetTop).length || 1;
+  const lastRow = Math.floor((cards.length - 1) / columns);
+  const down = Math.floor(index / columns) < lastRow
+    ? Math.min(index + columns, cards.length - 1)
+    : index;
+  const to = {
+    ArrowRight: Math.min(index + 1, cards.length - 1),
+    ArrowLeft: Math.max(index - 1, 0),
+    ArrowDown: down,
+    ArrowUp: index >= columns ? index - columns : index,
+    Home: 0,
+    End: cards.length - 1,
+  }[event.key];
+  if (to === undefined) return;
+  event.preventDefault();
+  const control = event.target.classList.contains('details-button') ? '.details-button' : '.thumb';
+  cards[to].querySelector(control).focus();
 }
 
 function setExports(enabled) {
@@ -454,8 +631,11 @@ async function openDetails(id, score) {
   }
   if (state.detailsId !== id) return;
   setImage(els.detailsImage, item.thumbnail_url);
-  els.detailsImage.alt = caption(item.metadata) || `Image #${id}`;
-  const facts = [['Size', `${item.width} × ${item.height} px`]];
+  els.detailsImage.alt = caption(item.metadata) || item.name || `Image #${id}`;
+  const facts = [];
+  if (item.name) facts.push(['File', item.name]);
+  if (item.path) facts.push(['Path', item.path]);
+  facts.push(['Size', `${item.width} × ${item.height} px`]);
   if (score !== undefined) facts.push(['Score', score.toFixed(4)]);
   facts.push(['Collection', c.name]);
   els.detailsFacts.replaceChildren(
@@ -531,12 +711,19 @@ function csvCell(value) {
   return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
+const CSV_FIELDS = ['id', 'score', 'name', 'path', 'width', 'height', 'url', 'thumbnail_url'];
+
 function exportCsv() {
   const rows = exportRows();
   const metaKeys = [...new Set(rows.flatMap((r) => Object.keys(r.metadata || {})))].sort();
-  const header = ['rank', 'id', 'score', 'width', 'height', 'url', 'thumbnail_url', ...metaKeys];
+  // a metadata key named like a column of its own (name, url…) is told apart by a prefix
+  const metaColumns = metaKeys.map(
+    (key) => (key === 'rank' || CSV_FIELDS.includes(key) ? `metadata.${key}` : key),
+  );
+  const header = ['rank', ...CSV_FIELDS, ...metaColumns];
   const lines = rows.map((r, i) => [
-    i + 1, r.id, r.score, r.width, r.height, r.url, r.thumbnail_url,
+    i + 1,
+    ...CSV_FIELDS.map((field) => r[field]),
     ...metaKeys.map((key) => (r.metadata || {})[key]),
   ].map(csvCell).join(','));
   download(exportName('csv'), 'text/csv', `${[header.join(','), ...lines].join('\r\n')}\r\n`);
@@ -586,6 +773,21 @@ function wire() {
       history.pushState({ key: `e${Date.now()}-${entries++}` }, '', pageUrl({ c: state.current.name }));
       clearResults(EMPTY_HINT);
     }
+  });
+  els.k.addEventListener('change', () => {
+    const q = state.query;
+    if (q && q.kind) search({ ...q, k: pageSize() }, 'replace');
+  });
+  els.more.addEventListener('click', loadMore);
+  els.results.addEventListener('keydown', moveInResults);
+  document.addEventListener('keydown', (event) => {
+    // `/` goes to the search box, as on many sites, unless one is typing already
+    if (event.key !== '/' || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (isTyping(event.target) || els.details.open) return;
+    event.preventDefault();
+    const box = els.textInput.disabled ? els.urlInput : els.textInput;
+    box.focus();
+    box.select();
   });
   els.previewButton.addEventListener('click', () => {
     if (state.query && state.query.kind === 'id') openDetails(Number(state.query.value));
