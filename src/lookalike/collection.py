@@ -355,8 +355,7 @@ class Collection:
         self, query: Query | Iterable[Mapping[str, Any] | QueryPart] | None = None, **options: Any
     ) -> np.ndarray:
         """The unit query vector of a query (given as to :meth:`search`)."""
-        query = Query.build(query, **options)
-        return combine(list(query.parts), self._part_vector, self._check_model(query.model))
+        return self._query_vector(Query.build(query, **options))
 
     def search(
         self, query: Query | Iterable[Mapping[str, Any] | QueryPart] | None = None, **options: Any
@@ -374,7 +373,7 @@ class Collection:
         spec) makes a raw vector query fail unless it names the collection's model.
         """
         query = Query.build(query, **options)
-        query_vector = combine(list(query.parts), self._part_vector, self._check_model(query.model))
+        query_vector = self._query_vector(query)
         depth = query.k * 4 if query.dedupe else query.k
         scores, ids = self.backend.search(
             query_vector[None, :],
@@ -388,6 +387,10 @@ class Collection:
         found = found[: query.k]
         rows = self.backend.rows([i for i, _ in found])
         return [hit_of(rows[i], score) for i, score in found]
+
+    def _query_vector(self, query: Query) -> np.ndarray:
+        dim = self._check_model(query.model)
+        return combine(self._fetch_url_parts(list(query.parts)), self._part_vector, dim)
 
     def _check_model(self, model: str | None) -> int:
         """The query vectors' dimension, once a query naming a model is found to fit."""
