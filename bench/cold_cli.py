@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,17 +51,23 @@ def baseline_tree(folder: Path, rev: str) -> Path:
     return target / "src"
 
 
-def lookalike(src: Path, cache: Path, *args: str) -> float:
-    """Run the CLI from the tree ``src`` with its own cache; return its wall time in seconds."""
+def lookalike(src: Path, cache: Path, *args: str) -> tuple[float, float]:
+    """Run the CLI from the tree ``src`` with its own cache; return its (wall, CPU) seconds.
+
+    CPU time (user + system, all threads) does not grow when other work shares the cores,
+    where wall time does."""
     env = {**os.environ, "PYTHONPATH": str(src), "LOOKALIKE_CACHE": str(cache)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "lookalike", *args], env=env, capture_output=True, text=True
     )
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"lookalike {' '.join(args)} failed:\n{done.stderr}")
-    return seconds
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, cpu
 
 
 def main() -> None:
@@ -92,26 +99,30 @@ def main() -> None:
             "--model", "open_clip:ViT-B-32", "--weights", str(weights),
         )  # fmt: skip
     kinds = args.kinds.split(",")
-    times: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for number, (label, src) in enumerate(trees.items()):
         cache = work / f"cache-{number}"
         for kind in kinds:
             query = [str(query_image) if a == "IMAGE" else a for a in QUERIES[kind]]
             command = ["search", str(collection), *query, "-k", "5", "--runtime", args.runtime]
-            warm = lookalike(src, cache, *command)  # builds the cache entries it needs
+            warm, _ = lookalike(src, cache, *command)  # builds the cache entries it needs
             print(f"{label}, {kind}: warm-up {warm:.1f} s", file=sys.stderr)
             times[label, kind] = [lookalike(src, cache, *command) for _ in range(args.runs)]
     cores = os.cpu_count()
     print(f"\n{args.runs} fresh `lookalike search` processes per row, ViT-B-32, {cores} cores")
-    print("| tree | query | median s | min s | max s | vs this tree |")
+    print("| tree | query | wall median s | wall min s | CPU median s | vs this tree (wall, CPU) |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for (label, kind), values in times.items():
-        median = statistics.median(values)
-        mine = statistics.median(times["this tree", kind])
+    for (label, kind), runs in times.items():
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        mine = times["this tree", kind]
+        ratio_wall = wall / statistics.median(w for w, _ in mine)
+        ratio_cpu = cpu / statistics.median(c for _, c in mine)
         print(
-            f"| {label} | {kind} | {median:.2f} | {min(values):.2f} | {max(values):.2f} "
-            f"| {median / mine:.1f}x |"
+            f"| {label} | {kind} | {wall:.2f} | {min(w for w, _ in runs):.2f} | {cpu:.2f} "
+            f"| {ratio_wall:.1f}x, {ratio_cpu:.1f}x |"
         )
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
