@@ -168,8 +168,10 @@ def evict(limit: int, keep: set[str] = frozenset()) -> list[Entry]:  # type: ign
         removed.append(entry)
     if removed:
         log.warning(
-            "model cache over %.1f GB: removed %d least recently used entries",
-            limit / 1e9,
+            "the model cache %s outgrew %.1f MB ($%s): removed %d least recently used entries",
+            cache_root(),
+            limit / 1e6,
+            MAX_BYTES_ENV,
             len(removed),
         )
     return removed
