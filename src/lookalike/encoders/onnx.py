@@ -201,6 +201,11 @@ class OnnxEncoder:
         check_texts(texts)
         return self.text_cache.encode(texts, self._encode_texts)
 
+    def warm_up(self) -> None:
+        """Open both towers now (a server, before its first request), exporting if needed."""
+        for tower in TOWERS:
+            self._session(tower)
+
     def graph_path(self, tower: str) -> Path:
         """The float32 or int8 ONNX graph of a tower (exported first if needed)."""
         return self._folder(tower) / f"{tower}.onnx"
