@@ -433,7 +433,7 @@ def demo_results(tiny_clip, workdir: Path, monkeypatch, capsys) -> list[str]:
     assert "RANDOM weights" in printed and "{" not in printed  # prose, not a JSON dump
     assert "more like #0 (red-circle-0000.jpg), only stripes" in printed
     rows = [
-        line for line in printed.splitlines() if re.match(r"\s+\d+\s+\d\.\d{3}\s+\S+\.jpg", line)
+        line for line in printed.splitlines() if re.match(r"\s+\d+\s+-?\d\.\d{3}\s+\S+\.jpg", line)
     ]
     assert len(rows) == 15  # three searches, five results each
     return rows

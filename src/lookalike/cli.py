@@ -482,12 +482,13 @@ def cache_info(as_json: JsonOpt = False) -> None:
         )
         return
     out.print(f"cache: {cache.cache_root()}", highlight=False)
-    table = Table("entry", "size", "last used", "holds", box=None)
-    for entry in found:
+    for entry in found:  # plain lines: a table would wrap them on a narrow terminal
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
-        table.add_row(entry.key, _size(entry.bytes), used, entry.what)
-    if found:
-        out.print(table)
+        out.print(
+            f"{entry.key}  {_size(entry.bytes):>9}  used {used}  {entry.what}",
+            highlight=False,
+            markup=False,
+        )
     out.print(
         f"{len(found)} entries, {_size(total)} of at most {_size(cache.max_bytes())} "
         f"(${cache.MAX_BYTES_ENV})",

@@ -160,7 +160,7 @@ def _random_weights(root: Path, arch: str) -> Path:
 
 def _show(title: str, hits: list) -> None:
     print(f"\n  {title}:")
-    print("  rank  score  image                     labels")
+    print("  rank   score  image                     labels")
     for rank, hit in enumerate(hits, start=1):
         labels = " ".join(str(v) for v in hit.metadata.values())
-        print(f"  {rank:4d}  {hit.score:.3f}  {Path(hit.locator).name:<24}  {labels}")
+        print(f"  {rank:4d}  {hit.score:6.3f}  {Path(hit.locator).name:<24}  {labels}")

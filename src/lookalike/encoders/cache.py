@@ -35,7 +35,7 @@ except ImportError:  # Windows: no lock, the rename alone keeps entries whole
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 8 * 1024**3
+DEFAULT_MAX_BYTES = 8_000_000_000
 MAX_BYTES_ENV = "LOOKALIKE_CACHE_MAX_BYTES"
 
 
