@@ -661,6 +661,14 @@ class Store:
         ids = [r[0] for r in self._select(f"SELECT id FROM items WHERE {where}", params)]
         return np.asarray(ids, dtype=np.int64)
 
+    def metadata_keys(self) -> list[str]:
+        """The metadata keys of live rows, sorted (a full scan: for messages, not searches)."""
+        found = self._select(
+            "SELECT DISTINCT j.key FROM items, json_each(items.metadata) AS j "
+            "WHERE items.deleted = 0 ORDER BY j.key"
+        )
+        return [str(r[0]) for r in found]
+
     def integrity_check(self) -> str:
         """SQLite's own consistency check: "ok" or what is wrong."""
         return "; ".join(str(r[0]) for r in self._select("PRAGMA integrity_check"))

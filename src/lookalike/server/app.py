@@ -89,6 +89,7 @@ def create_app(
     if load_models:
         for collection in served.collections.values():
             _ = collection.encoder  # load once at start, not on the first request
+            getattr(collection.encoder, "warm_up", lambda: None)()  # exported towers open lazily
     app = FastAPI(
         title="lookalike",
         version=__version__,
