@@ -5,10 +5,12 @@ front end post them. The front end itself runs in a browser in test_compat_front
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import encode
+from conftest import encode, serve_app
 from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.fetch import FetchPolicy
 from lookalike.server import ServerSettings, create_app
 from lookalike.server.clip_front import build_folder
+from lookalike.server.launch import ServeConfig
 from test_cli import one_line_error, run_main
 
 N = 30
@@ -368,6 +371,31 @@ def test_one_collection_needs_no_indice_name(shared: Shared) -> None:
     assert answer.status_code == 200 and len(answer.json()) == 2
 
 
+def test_clip_retrievals_own_client(shared: Shared, tmp_path: Path) -> None:
+    """clip_retrieval.clip_client.ClipClient, loaded from the wheel by file: its package's
+    __init__ imports the back end's dependencies, which are not installed."""
+    pytest.importorskip("requests")
+    try:
+        wheel = metadata.distribution("clip-retrieval")
+    except metadata.PackageNotFoundError:
+        pytest.skip("needs clip-retrieval's wheel: pip install --no-deps clip-retrieval==2.45.0")
+    spec = importlib.util.spec_from_file_location(
+        "clip_client", wheel.locate_file("clip_retrieval/clip_client.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    query = tmp_path / "query.png"
+    query.write_bytes(shared.data(9))
+    with serve_app(create_app({"photos": shared.col}, load_models=False)) as base:
+        client = module.ClipClient(f"{base}/knn-service", "photos", num_images=5, deduplicate=False)
+        by_text = client.query(text="a red circle")
+        by_image = client.query(image=str(query))
+        by_link = client.query(image=by_image[0]["url"])
+    assert len(by_text) == 5 and all(r["url"].startswith(base) for r in by_text)
+    assert by_image[0]["id"] == shared.ids[9] and by_link[0]["id"] == shared.ids[9]
+
+
 # --- the front end ----------------------------------------------------------------------------
 
 
@@ -411,3 +439,12 @@ def test_serve_rejects_bad_options_clearly(
     )
     assert code == 1
     one_line_error(err, "'b'", "not served")
+
+
+def test_options_reach_worker_processes(shared: Shared) -> None:
+    """`serve --workers N` hands its settings to each worker as JSON."""
+    settings = ServerSettings(
+        clip_front=True, public_url="https://images.example.org", caption_columns=("photos=title",)
+    )
+    config = ServeConfig.from_entries([f"photos={shared.col.path}"], settings)
+    assert ServeConfig.from_json(config.to_json()).settings == settings

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from ..collection import MAX_K
 from ..errors import BadInputError, LookalikeError, NotFoundError
 from ..fetch import is_url
-from ..types import Item
+from ..types import Hit, Item
 from .bodies import decode_base64, links, read_json
 from .files import local_image_path
 from .schemas import KnnServiceBody, MetadataBody
@@ -88,12 +88,14 @@ def router(served: Served) -> APIRouter:
         try:
             body = KnnServiceBody.model_validate(await read_json(request))
             name, collection = pick(body.indice_name)
-            query = _query(body, served, name, base)
             k = min(body.num_result_ids or body.num_images, MAX_K)  # capped silently
             dedupe = DEDUPE_COSINE if body.deduplicate else None
-            hits = await run_in_threadpool(
-                lambda: collection.search(**query, k=k, include_self=True, dedupe=dedupe)
-            )
+
+            def run() -> list[Hit]:  # off the event loop: reading a stored image too
+                query = _query(body, served, name, base)
+                return collection.search(**query, k=k, include_self=True, dedupe=dedupe)
+
+            hits = await run_in_threadpool(run)
         except (LookalikeError, ValidationError) as error:
             return _no_results("/knn-service", error)
         describe = _describer(name, base, served.settings)
