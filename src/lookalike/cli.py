@@ -424,6 +424,27 @@ def serve(
     keep_alive: Annotated[
         float, typer.Option(help="Seconds an idle connection stays open between requests.")
     ] = 5.0,
+    clip_front: Annotated[
+        bool,
+        typer.Option(
+            help="Serve clip-retrieval's web front end at /clip-front/ "
+            "(needs: pip install --no-deps clip-retrieval==2.45.0)."
+        ),
+    ] = False,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            help="This server's URL as clients reach it (behind a proxy), for absolute links "
+            "[default: the request's]."
+        ),
+    ] = None,
+    caption_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Metadata column holding captions for clip-retrieval clients, as COLUMN or "
+            "NAME=COLUMN (repeatable) [default: caption]."
+        ),
+    ] = None,
 ) -> None:
     """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
     import os
@@ -448,7 +469,16 @@ def serve(
         header_timeout_s=header_timeout,
         body_timeout_s=body_timeout,
         keep_alive_s=keep_alive,
+        clip_front=clip_front,
+        public_url=public_url,
+        caption_columns=tuple(caption_column or ()),
     )
+    if clip_front:
+        from .server.clip_front import build_folder
+
+        build_folder()  # fail here, clearly, if the wheel is missing
+    # clip-retrieval routes answer [] when they cannot serve a request; the log says why
+    logging.getLogger("lookalike.server.compat").setLevel(logging.WARNING)
     config = ServeConfig.from_entries(
         collections,
         settings,
@@ -469,6 +499,9 @@ def serve(
         f"serving {', '.join(config.collections)} on http://{host}:{port}"
         f"{f' with {workers} worker processes' if workers > 1 else ''}"
     )
+    if clip_front:
+        front = (public_url or f"http://{host}:{port}").rstrip("/")
+        err.print(f"clip-retrieval's front end: {front}/clip-front/", highlight=False)
     if workers > 1:
         # each worker process opens the collections itself; indexes and vectors are
         # memory-mapped, so the page cache holds them once for all

@@ -24,7 +24,7 @@ from ..errors import BadInputError, ImageError, NotFoundError
 from ..fetch import is_url
 from ..imaging import ImageLimits, decode_image
 from ..types import Hit, Item
-from . import compat, errors
+from . import clip_front, compat, errors
 from .bodies import decode_base64, item_name, links, parse_json, read_json, relative_path
 from .fetching import FetchWork
 from .files import local_image_path, thumbnail, thumbnail_path
@@ -86,6 +86,7 @@ def create_app(
     """An app serving ``collections`` (name -> open Collection)."""
     settings = settings or ServerSettings()
     served = Served(collections, settings)
+    settings.check_caption_columns(served.collections)
     if load_models:
         for collection in served.collections.values():
             _ = collection.encoder  # load once at start, not on the first request
@@ -101,6 +102,8 @@ def create_app(
     errors.install(app)
     app.include_router(_api(served, metrics))
     app.include_router(compat.router(served))
+    if settings.clip_front:
+        clip_front.mount(app, served)
     app.mount("/static", StaticFiles(directory=str(WEB)), name="static")
     app.add_middleware(Guard, settings=settings, metrics=metrics)
     if settings.cors_origins:  # outside the guard: preflights carry no key, errors need headers
