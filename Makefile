@@ -10,6 +10,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# clip-retrieval's web front end, for `serve --clip-front` and its browser test; its own
+	# dependencies pin versions that clash with ours, and none of its code is run
+	$(PY) -m pip install --quiet --no-deps clip-retrieval==2.45.0
 	touch $@
 
 demo: $(VENV)/.installed

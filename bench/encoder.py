@@ -239,7 +239,7 @@ def profile(encoders: dict[str, Any], batch: np.ndarray) -> None:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(os.environ["LOOKALIKE_CACHE"]) / f"prof-{variant}")
         session = ort.InferenceSession(
-            str(encoder._folder / "image.onnx"), options, providers=["CPUExecutionProvider"]
+            str(encoder.graph_path("image")), options, providers=["CPUExecutionProvider"]
         )
         for _ in range(3):
             session.run(None, {"pixels": batch})

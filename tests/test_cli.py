@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +339,144 @@ def test_text_query_on_image_only_collection_end_to_end(backbone_weights, tmp_pa
     assert done.returncode == 1
     assert done.stdout == ""
     one_line_error(done.stderr, "image-only", "torchvision:mobilenet_v2")
+
+
+def test_default_model_offline_fails_fast_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_images(tmp_path / "imgs", 2)
+    import open_clip  # noqa: F401 -- imported already, so the timing below is the failure's own
+
+    started = time.monotonic()
+    code, out, err = run_main(monkeypatch, capsys, "index", tmp_path / "imgs", "-c", tmp_path / "c")
+    assert time.monotonic() - started < 5  # not a minute of retries
+    assert code == 1 and out == ""
+    one_line_error(err, "HF_HUB_OFFLINE", "--weights FILE", "lookalike demo")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_missing_source_fails_before_the_model_loads(tmp_path: Path, monkeypatch, capsys) -> None:
+    # a model that cannot load: its error would come first if the model loaded first
+    code, _, err = run_main(
+        monkeypatch, capsys, "index", tmp_path / "typo", "-c", tmp_path / "new",
+        "--model", "open_clip:no-such-arch/tag",
+    )  # fmt: skip
+    assert code == 1
+    one_line_error(err, str(tmp_path / "typo"), "does not exist")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_first_ingest_leaves_no_collection_behind(
+    tiny_clip, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is no jpeg")
+    args = ["index", folder, "--strict", *model_args(tiny_clip)]
+    code, _, err = run_main(monkeypatch, capsys, *args, "-c", tmp_path / "new")
+    assert code == 1
+    one_line_error(err, "a_broken.jpg")
+    assert not (tmp_path / "new").exists()
+    # a collection that was there before the command stays, even when nothing was added
+    write_images(tmp_path / "good", 1)
+    assert invoke("index", tmp_path / "good", "-c", tmp_path / "kept", *model_args(tiny_clip))
+    code, _, err = run_main(monkeypatch, capsys, *args, "-c", tmp_path / "kept")
+    assert code == 1
+    assert json.loads(invoke("info", tmp_path / "kept", "--json").stdout)["count"] == 1
+
+
+def test_serve_refuses_a_folder_before_announcing(tmp_path: Path, monkeypatch, capsys) -> None:
+    code, out, err = run_main(monkeypatch, capsys, "serve", tmp_path, "--port", "1")
+    assert code == 1 and out == ""
+    one_line_error(err, "not a lookalike collection", "lookalike index SOURCES -c")
+    assert "serving" not in err
+
+
+def test_errors_name_cli_commands_not_library_calls(tmp_path: Path, monkeypatch, capsys) -> None:
+    code, _, err = run_main(monkeypatch, capsys, "info", tmp_path)
+    assert code == 1
+    one_line_error(err, f"lookalike index SOURCES -c {tmp_path}")
+    assert "Collection.create" not in err
+
+
+def test_an_empty_result_says_why(indexed, tiny_clip, tmp_path: Path) -> None:
+    col, _ = indexed
+
+    def no_results(*args: object) -> str:
+        result = invoke("search", *args)
+        assert result.exit_code == 0, result.output
+        assert "rank" not in result.stdout  # no bare table header
+        assert result.stdout.startswith("no results: ")
+        return result.stdout
+
+    typo = no_results(col, "--text", "x", "--filter", "split==rare")
+    assert "did you mean --filter split=rare?" in typo and "keys: n, split" in typo
+    unknown = no_results(col, "--text", "x", "--filter", "colour=red")
+    assert "no image has the metadata key colour (keys: n, split)" in unknown
+    assert (
+        json.loads(invoke("search", col, "--text", "x", "--filter", "n=99", "--json").stdout) == []
+    )
+    spec, weights = tiny_clip
+    Collection.create(tmp_path / "empty", spec, weights=weights).close()
+    assert "holds no images" in no_results(tmp_path / "empty", "--text", "x")
+
+
+def test_a_broken_query_image_is_named(indexed, tmp_path: Path, monkeypatch, capsys) -> None:
+    col, _ = indexed
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    code, out, err = run_main(monkeypatch, capsys, "search", col, "--image", broken)
+    assert code == 1 and out == ""
+    one_line_error(err, str(broken))
+
+
+def test_progress_reports_every_image_up_to_the_total(tiny_clip, tmp_path: Path) -> None:
+    """The library's progress= callback: monotone, reaches the total, a rate above zero."""
+    write_images(tmp_path / "imgs", 10)
+    seen: list[tuple[int, float]] = []
+    with Collection.create(tmp_path / "col", tiny_clip[0], weights=tiny_clip[1]) as col:
+        report = col.add(
+            tmp_path / "imgs",
+            progress=lambda r: seen.append((r.seen, r.images_per_second)),
+            batch_size=4,  # 10 images: two full batches and a partial one
+            workers=0,
+        )
+    counts = [count for count, _ in seen]
+    assert counts == sorted(counts)
+    assert counts[-1] == report.seen == 10
+    assert seen[-1][1] > 0
+
+
+def test_decoding_runs_in_worker_processes_by_default() -> None:
+    from lookalike.ingest import IngestOptions
+
+    assert IngestOptions().workers == max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def demo_results(tiny_clip, workdir: Path, monkeypatch, capsys) -> list[str]:
+    """The result lines of one fresh offline demo run on the tiny architecture."""
+    from lookalike import demo
+
+    demo.run(workdir, per_kind=1, fallback_arch="lookalike-tiny")
+    printed = capsys.readouterr().out
+    assert "RANDOM weights" in printed and "{" not in printed  # prose, not a JSON dump
+    assert "more like #0 (red-circle-0000.jpg), only stripes" in printed
+    rows = [
+        line for line in printed.splitlines() if re.match(r"\s+\d+\s+-?\d\.\d{3}\s+\S+\.jpg", line)
+    ]
+    assert len(rows) == 15  # three searches, five results each
+    return rows
+
+
+def test_demo_gives_the_same_results_on_every_fresh_run(
+    tiny_clip, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the default model is not cached: random weights
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    first = demo_results(tiny_clip, tmp_path / "one", monkeypatch, capsys)
+    second = demo_results(tiny_clip, tmp_path / "two", monkeypatch, capsys)
+    assert first == second

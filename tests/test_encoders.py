@@ -188,3 +188,33 @@ def test_an_architecture_without_weights_is_refused(tiny_clip) -> None:
     spec, _ = tiny_clip
     with pytest.raises(BadInputError, match=r"pretrained tag .* or a local weights file"):
         load_encoder(spec)
+
+
+@pytest.mark.parametrize("setting", ["offline", "hub unreachable"])
+def test_the_default_model_fails_fast_without_the_hub(tmp_path: Path, monkeypatch, setting) -> None:
+    import socket
+    import time
+
+    import open_clip  # noqa: F401 -- imported already, so the timing is the failure's own
+    from huggingface_hub import constants
+
+    from lookalike.encoders import DEFAULT_MODEL
+    from lookalike.encoders.hub import ModelUnavailableError
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    if setting == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        with socket.socket() as probe:  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    for runtime in ("torch", "auto"):
+        started = time.monotonic()
+        with pytest.raises(ModelUnavailableError) as failed:
+            load_encoder(DEFAULT_MODEL, runtime=runtime)
+        assert time.monotonic() - started < 5
+        message = str(failed.value)
+        assert "\n" not in message and "--weights FILE" in message
+        assert ("HF_HUB_OFFLINE" if setting == "offline" else f"127.0.0.1:{port}") in message

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,21 +98,24 @@ def test_repeated_texts_hit_the_cache(tiny_clip, cache_dir) -> None:
 
 def test_export_is_cached_and_rebuilt_when_corrupt(tiny_clip, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
-    exports = []
-    real_export = onnx_runtime._export_fp32
+    exports: list[str] = []
+    real_export = onnx_runtime._export_tower
     monkeypatch.setattr(
-        onnx_runtime, "_export_fp32", lambda *a: exports.append(a) or real_export(*a)
+        onnx_runtime,
+        "_export_tower",
+        lambda ref, tower, folder: exports.append(tower) or real_export(ref, tower, folder),
     )
     first = load_encoder(*tiny_clip, "cpu", runtime="onnx")
-    folder = entry_path(first._files.key)
-    assert folder.parent.parent == tmp_path and len(exports) == 1
     expected = first.encode_texts(TEXTS)
+    assert exports == ["text"]  # a text query exports the text tower only
+    folder = entry_path(first._files.key("text"))
+    assert folder.parent.parent == tmp_path
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
     second = load_encoder(*tiny_clip, "cpu", runtime="onnx")
-    assert len(exports) == 1  # no new export
-    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
     np.testing.assert_allclose(second.encode_texts(TEXTS), expected, atol=1e-6)
+    assert exports == ["text"]  # no new export
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary leftovers
 
     # same size, garbage content: found when the session opens, rebuilt then
@@ -117,26 +123,72 @@ def test_export_is_cached_and_rebuilt_when_corrupt(tiny_clip, tmp_path, monkeypa
     text_file.write_bytes(os.urandom(text_file.stat().st_size))
     third = load_encoder(*tiny_clip, "cpu", runtime="onnx")
     np.testing.assert_allclose(third.encode_texts(TEXTS), expected, atol=1e-6)
-    assert len(exports) == 2
+    assert exports == ["text", "text"]
 
-    # truncated: found on load
-    (folder / "image.onnx").write_bytes(b"\0" * 10)
+    # truncated: found on open
+    reference = first.encode_images(images())
+    assert exports == ["text", "text", "image"]
+    (entry_path(first._files.key("image")) / "image.onnx").write_bytes(b"\0" * 10)
     fourth = load_encoder(*tiny_clip, "cpu", runtime="onnx")
-    assert len(exports) == 3
-    np.testing.assert_allclose(
-        fourth.encode_images(images()), first.encode_images(images()), atol=1e-6
+    np.testing.assert_allclose(fourth.encode_images(images()), reference, atol=1e-6)
+    assert exports == ["text", "text", "image", "image"]
+
+
+def test_a_cached_tower_runs_without_torch(tiny_clip, tmp_path, monkeypatch) -> None:
+    """A text query on a cached export imports neither torch nor open_clip (seconds each)."""
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
+    script = (
+        "import sys; from lookalike.encoders import load_encoder\n"
+        f"e = load_encoder({tiny_clip[0]!r}, {str(tiny_clip[1])!r}, runtime=sys.argv[1])\n"
+        "v = e.encode_texts(['a red circle'])\n"
+        "print(v.shape[1], 'torch' in sys.modules, 'open_clip' in sys.modules)\n"
     )
+    for runtime in ("onnx", "openvino"):
+        load_encoder(*tiny_clip, "cpu", runtime=runtime).encode_texts(["warm"])  # warm cache
+        done = subprocess.run(
+            [sys.executable, "-c", script, runtime], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["32", "False", "False"], (runtime, done.stdout)
+    towers = {json.loads(p.read_text())["tower"] for p in tmp_path.glob("runtime/*/meta.json")}
+    assert towers == {"text"}  # text queries never exported nor checked the image tower
 
 
-def test_a_changed_weights_file_gets_a_new_cache_key(tiny_clip, tmp_path) -> None:
+def test_the_torch_free_tokenizer_gives_open_clips_tokens(tiny_clip) -> None:
+    import open_clip
+
+    from lookalike.encoders.tokenizer import ClipTokenizer, open_clip_vocab
+
+    reference = open_clip.get_tokenizer("ViT-B-32")
+    ours = ClipTokenizer(open_clip_vocab())
+    texts = [
+        *onnx_runtime.TOKENIZER_PROBES,
+        "",
+        "I'll say it's   WHAT's what",
+        "&lt;b&gt;bold&lt;/b&gt; &amp;amp; 3.14159 x²",
+        "émoji 👮‍♀️ and ﬁ ligature",
+    ]
+    np.testing.assert_array_equal(ours(texts), reference(texts).numpy())
+
+
+def test_a_copy_of_the_weights_shares_the_export_and_a_change_gets_a_new_one(
+    tiny_clip, tmp_path
+) -> None:
     spec, weights = tiny_clip
     name = spec.partition(":")[2]
     copy = tmp_path / "copy.pt"
     copy.write_bytes(weights.read_bytes())
-    keys = {onnx_runtime.ModelFiles(name, copy, v).key for v in onnx_runtime.VARIANTS}
-    assert len(keys) == 2
-    os.utime(copy, ns=(0, 0))
-    assert onnx_runtime.ModelFiles(name, copy, "onnx").key not in keys
+    original = {
+        onnx_runtime.ModelFiles(name, weights, v).key("text") for v in onnx_runtime.VARIANTS
+    }
+    copied = {onnx_runtime.ModelFiles(name, copy, v).key("text") for v in onnx_runtime.VARIANTS}
+    assert len(original) == 2 and copied == original  # keyed by content, not by path
+    os.utime(copy, ns=(0, 0))  # touched, same bytes: same key (hashed again)
+    assert onnx_runtime.ModelFiles(name, copy, "onnx").key("text") in original
+    data = bytearray(copy.read_bytes())
+    data[-100] ^= 1
+    copy.write_bytes(bytes(data))
+    assert onnx_runtime.ModelFiles(name, copy, "onnx").key("text") not in original
 
 
 def test_collection_on_onnx_searches_like_torch(tiny_clip, cache_dir, tmp_path) -> None:
@@ -177,13 +229,20 @@ def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
     monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
     first = load_encoder(*tiny_clip, "cpu", runtime="openvino")
     assert isinstance(first, openvino_runtime.OpenVinoEncoder) and first.runtime == "openvino"
-    checks = list((tmp_path / "runtime").glob("*/meta.json"))
-    assert len(checks) == 2  # the float32 export and the check of this engine on it
-    # a model whose vectors miss the bar: refused when asked for, skipped by auto
+    first.encode_texts(["a cat"])
+    checks = [json.loads(p.read_text()) for p in (tmp_path / "runtime").glob("*/meta.json")]
+    # the float32 text export, ONNX Runtime's optimized copy is not made, the engine's check
+    assert sorted(str(c.get("precision", c.get("variant"))) for c in checks) == sorted(
+        ["onnx", f"openvino {first.precision}"]
+    )
+    assert all(c["tower"] == "text" for c in checks)
+    # a model whose vectors miss the bar: refused when asked for, run on ONNX Runtime by auto
     monkeypatch.setattr(openvino_runtime, "MIN_AGREEMENT", 1.5)
     monkeypatch.setattr(openvino_runtime, "CHECK_FORMAT", 99)  # a new check, not the cached one
     with pytest.raises(onnx_runtime.ExportError, match="agrees with the float32 export"):
-        load_encoder(*tiny_clip, "cpu", runtime="openvino")
+        load_encoder(*tiny_clip, "cpu", runtime="openvino").encode_texts(["a cat"])
     fallback = load_encoder(*tiny_clip, "cpu", runtime="auto")
-    assert type(fallback) is onnx_runtime.OnnxEncoder and fallback.runtime == "onnx"
-    assert "does not run on openvino" in caplog.text
+    np.testing.assert_allclose(
+        fallback.encode_texts(["a cat"]), first.encode_texts(["a cat"]), atol=1e-2
+    )
+    assert "running the text tower on ONNX Runtime instead" in caplog.text

@@ -128,6 +128,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrom
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for get_log
     profile = tmp_path_factory.mktemp("chromium-profile")
     for flag in (
         "--headless=new",

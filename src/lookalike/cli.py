@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import sqlite3
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,9 +50,22 @@ def _open(path: Path, allow_private: bool = False, runtime: str = "auto") -> Any
     from .collection import Collection
     from .fetch import FetchPolicy
 
+    _require_collection(path)
     return Collection.open(
         path, fetch_policy=FetchPolicy(allow_private=allow_private), runtime=runtime
     )
+
+
+def _require_collection(path: Path) -> None:
+    """Refuse a folder that holds no collection, naming the command that makes one."""
+    from .errors import CollectionError
+    from .layout import MANIFEST
+
+    if not (path / MANIFEST).is_file():
+        raise CollectionError(
+            f"{path} is not a lookalike collection (no {MANIFEST}); make one with "
+            f"`lookalike index SOURCES -c {path}`"
+        )
 
 
 @app.command()
@@ -91,43 +107,43 @@ def index(
     """Add the images of SOURCES to a collection; images already there are skipped. Images
     whose vectors were lost (marked by `verify --repair`) are embedded again first."""
     sources = sources or []
-    from .collection import MANIFEST, Collection
+    from .collection import Collection
+    from .layout import MANIFEST
 
     if not sources and not rebuild and not (collection / MANIFEST).exists():
         raise BadInputError("give SOURCES to index, or --rebuild")
     from .encoders import DEFAULT_MODEL
     from .fetch import FetchPolicy
-    from .sources import iter_source
 
-    policy = FetchPolicy(allow_private=allow_private_urls)
-    if (collection / MANIFEST).exists():
-        col = Collection.open(
-            collection, device=device, fetch_policy=policy, runtime=runtime, threads=threads
-        )
-        if model and model != col.model:
-            raise BadInputError(f"{collection} uses {col.model}; it cannot take --model {model}")
-    else:
-        col = Collection.create(
-            collection,
-            model or DEFAULT_MODEL,
-            weights=weights,
-            device=device,
-            fetch_policy=policy,
-            runtime=runtime,
-            threads=threads,
-        )
-    total = sum(1 for source in sources for _ in iter_source(source))
-    options = {
-        "workers": _decode_workers() if workers is None else workers,
-        "batch_size": batch_size,
-        "strict": strict,
-    }
-    with col, _progress(total, quiet=as_json) as progress:
-        reports = [col.reembed(**options)]
-        for source in sources:
-            reports.append(col.add(source, progress=progress, **options))
-            progress.done_before += reports[-1].seen
-        kind = col.rebuild_index() if rebuild else col.stats().index
+    total = _count_items(sources)  # a missing source fails here, before the model loads
+    created = not collection.exists()
+    try:
+        with _loading(f"loading the model of {collection}", quiet=as_json):
+            col = Collection.create(
+                collection,
+                model or _recorded_model(collection) or DEFAULT_MODEL,
+                weights=weights,
+                exist_ok=True,
+                device=device,
+                fetch_policy=FetchPolicy(allow_private=allow_private_urls),
+                runtime=runtime,
+                threads=threads,
+            )
+            _ = col.encoder  # an existing collection loads its model here, under the notice
+        with col, progress_bar(total, quiet=as_json) as progress:
+            options: dict[str, Any] = {"batch_size": batch_size, "strict": strict}
+            if workers is not None:
+                options["workers"] = workers
+            reports = [col.reembed(**options)]  # images whose vectors were lost, first
+            for source in sources:
+                report = col.add(source, progress=progress, **options)
+                reports.append(report)
+                progress.finish_source(report)
+            kind = col.rebuild_index() if rebuild else col.stats().index
+    except BaseException:
+        if created:
+            _discard_if_empty(collection)
+        raise
     summary = {
         key: sum(getattr(r, key) for r in reports)
         for key in ("added", "unchanged", "duplicates", "replaced")
@@ -205,21 +221,68 @@ def search(
         dedupe=dedupe,
         include_self=include_self,
     )
-    if server:
-        from .client import Client
+    empty_reason = "the server found nothing: check --filter and --exclude-id"
+    with _naming_the_image(image):
+        if server:
+            from .client import Client
 
-        with Client(server, api_key) as remote:
-            hits = remote.search(str(collection), query)
-    else:
-        with _open(collection, allow_private_urls, runtime) as col:
-            hits = col.search(query)
+            with Client(server, api_key) as remote:
+                hits = remote.search(str(collection), query)
+        else:
+            with _open(collection, allow_private_urls, runtime) as col:
+                hits = col.search(query)
+                if not hits:
+                    empty_reason = _why_empty(col, collection, dict(query.filter or {}))
     if as_json:
         out.print_json(data=[h.to_dict() for h in hits])
+        return
+    if not hits:
+        out.print(f"no results: {empty_reason}", highlight=False, markup=False)
         return
     table = Table("rank", "score", "id", "path", box=None)
     for rank, hit in enumerate(hits, start=1):
         table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), hit.locator)
     out.print(table)
+
+
+@contextlib.contextmanager
+def _naming_the_image(image: Path | None) -> Iterator[None]:
+    """Errors about the query image name its file: decoding only sees bytes."""
+    from .errors import ImageError
+
+    try:
+        yield
+    except ImageError as error:
+        if image is None:
+            raise
+        raise ImageError(f"--image {image}: {error}") from error
+    except LookalikeError as error:
+        if image is None or getattr(error, "code", "") != "bad_image":
+            raise
+        raise ImageError(f"--image {image}: {getattr(error, 'message', error)}") from error
+
+
+def _why_empty(col: Any, path: Path, filters: dict[str, Any]) -> str:
+    """Why a search found nothing, in terms of the collection and the command's options."""
+    if len(col) == 0:
+        return f"{path} holds no images; add some with `lookalike index SOURCES -c {path}`"
+    if not filters:
+        return "every image was excluded (--id queries and --exclude-id are left out)"
+    keys = col.store.metadata_keys()
+    known = ", ".join(keys) if keys else "none"
+    unknown = sorted(set(filters) - set(keys))
+    if unknown:
+        return f"no image has the metadata key {', '.join(unknown)} (keys: {known})"
+    hint = next(
+        (
+            f" (did you mean --filter {key}={value[1:]}?)"
+            for key, value in filters.items()
+            if isinstance(value, str) and value.startswith("=")
+        ),
+        "",
+    )
+    wanted = ", ".join(f"{key}={value!r}" for key, value in filters.items())
+    return f"no image has metadata {wanted}{hint}; keys: {known}"
 
 
 @app.command()
@@ -357,6 +420,27 @@ def serve(
     keep_alive: Annotated[
         float, typer.Option(help="Seconds an idle connection stays open between requests.")
     ] = 5.0,
+    clip_front: Annotated[
+        bool,
+        typer.Option(
+            help="Serve clip-retrieval's web front end at /clip-front/ "
+            "(needs: pip install --no-deps clip-retrieval==2.45.0)."
+        ),
+    ] = False,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            help="This server's URL as clients reach it (behind a proxy), for absolute links "
+            "[default: the request's]."
+        ),
+    ] = None,
+    caption_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Metadata column holding captions for clip-retrieval clients, as COLUMN or "
+            "NAME=COLUMN (repeatable) [default: caption]."
+        ),
+    ] = None,
 ) -> None:
     """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
     import os
@@ -381,7 +465,16 @@ def serve(
         header_timeout_s=header_timeout,
         body_timeout_s=body_timeout,
         keep_alive_s=keep_alive,
+        clip_front=clip_front,
+        public_url=public_url,
+        caption_columns=tuple(caption_column or ()),
     )
+    if clip_front:
+        from .server.clip_front import build_folder
+
+        build_folder()  # fail here, clearly, if the wheel is missing
+    # clip-retrieval routes answer [] when they cannot serve a request; the log says why
+    logging.getLogger("lookalike.server.compat").setLevel(logging.WARNING)
     config = ServeConfig.from_entries(
         collections,
         settings,
@@ -396,20 +489,28 @@ def serve(
         "log_level": "warning",
         **uvicorn_options(settings),
     }
-    err.print(
+    for path in config.collections.values():
+        _require_collection(Path(path))
+    announce = (
         f"serving {', '.join(config.collections)} on http://{host}:{port}"
-        f"{f' with {workers} worker processes' if workers > 1 else ''}",
-        highlight=False,
+        f"{f' with {workers} worker processes' if workers > 1 else ''}"
     )
+    if clip_front:
+        front = (public_url or f"http://{host}:{port}").rstrip("/")
+        err.print(f"clip-retrieval's front end: {front}/clip-front/", highlight=False)
     if workers > 1:
         # each worker process opens the collections itself; indexes and vectors are
         # memory-mapped, so the page cache holds them once for all
         for path in config.collections.values():
             _open(Path(path)).close()  # fail here, clearly, rather than in every worker
+        err.print(announce, highlight=False)
         os.environ[CONFIG_ENV] = config.to_json()
         _run_workers(workers, options)
     else:
-        uvicorn.run(config.build_app(), **options)
+        with _loading("loading the models"):
+            served = config.build_app()  # opens the collections: fails before the announcement
+        err.print(announce, highlight=False)
+        uvicorn.run(served, **options)
 
 
 @app.command()
@@ -422,15 +523,97 @@ def demo(
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model spec.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local weights file.")] = None,
+    per_kind: Annotated[
+        int, typer.Option(min=1, help="Sample images per shape and colour (20 kinds).")
+    ] = 8,
 ) -> None:
     """Generate sample pictures, index them and search them by image, id and text."""
     from . import demo as tour
     from .encoders import DEFAULT_MODEL
 
-    tour.run(workdir, model or DEFAULT_MODEL, str(weights) if weights else None)
+    tour.run(workdir, model or DEFAULT_MODEL, str(weights) if weights else None, per_kind)
 
 
-def _progress(total: int, quiet: bool) -> Any:
+cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="The model cache: ONNX exports and compiled models, built once per model and reused.",
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info(as_json: JsonOpt = False) -> None:
+    """Where the cache lives, its entries (least recently used first), sizes and total."""
+    from .encoders import cache
+
+    found = cache.entries()
+    total = sum(e.bytes for e in found)
+    if as_json:
+        out.print_json(
+            data={
+                "path": str(cache.cache_root()),
+                "max_bytes": cache.max_bytes(),
+                "total_bytes": total,
+                "entries": [vars(e) for e in found],
+            }
+        )
+        return
+    out.print(f"cache: {cache.cache_root()}", highlight=False)
+    for entry in found:  # plain lines: a table would wrap them on a narrow terminal
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+        out.print(
+            f"{entry.key}  {_size(entry.bytes):>9}  used {used}  {entry.what}",
+            highlight=False,
+            markup=False,
+        )
+    out.print(
+        f"{len(found)} entries, {_size(total)} of at most {_size(cache.max_bytes())} "
+        f"(${cache.MAX_BYTES_ENV})",
+        highlight=False,
+    )
+
+
+@cache_app.command("clear")
+def cache_clear(
+    older_than: Annotated[
+        str | None,
+        typer.Option(help="Only entries unused for this long, e.g. 30d, 12h, 90m [default: all]."),
+    ] = None,
+) -> None:
+    """Remove cache entries; they are built again when next needed."""
+    from .encoders import cache
+
+    removed = cache.clear(_duration(older_than) if older_than else None)
+    freed = sum(e.bytes for e in removed)
+    out.print(f"removed {len(removed)} entries, {_size(freed)}", highlight=False)
+
+
+def _duration(text: str) -> float:
+    """Seconds of a duration such as 30d, 12h, 90m, 45s."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        if unit in units and float(number) >= 0:
+            return float(number) * units[unit]
+    except ValueError:
+        pass
+    raise BadInputError(f"--older-than {text!r} must look like 30d, 12h, 90m or 45s")
+
+
+def _size(count: float) -> str:
+    """Bytes in a human unit."""
+    if count < 1000:
+        return f"{count:.0f} B"
+    for unit in ("KB", "MB"):
+        count /= 1000
+        if count < 1000:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1000:.1f} GB"
+
+
+def progress_bar(total: int, quiet: bool = False) -> Any:
+    """A progress display for ``Collection.add(progress=...)`` over ``total`` items of one or
+    more sources: images done (stored, skipped or failed), their rate and the time left."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -454,6 +637,7 @@ def _progress(total: int, quiet: bool) -> Any:
             )
             self.task = self.bar.add_task("index", total=total, rate=0.0)
             self.done_before = 0  # items of the sources already finished
+            self.seconds_before = 0.0
 
         def __enter__(self) -> IngestProgress:
             self.bar.__enter__()
@@ -463,11 +647,64 @@ def _progress(total: int, quiet: bool) -> Any:
             self.bar.__exit__(*exc)  # type: ignore[arg-type]
 
         def __call__(self, report: Any) -> None:
-            self.bar.update(
-                self.task, completed=self.done_before + report.seen, rate=report.images_per_second
-            )
+            done = self.done_before + report.seen
+            seconds = self.seconds_before + report.seconds
+            self.bar.update(self.task, completed=done, rate=done / seconds if seconds else 0.0)
+
+        def finish_source(self, report: Any) -> None:
+            """Count a finished source's items; later reports start from zero again."""
+            self(report)
+            self.done_before += report.seen
+            self.seconds_before += report.seconds
 
     return IngestProgress()
+
+
+@contextlib.contextmanager
+def _loading(what: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner on a terminal while something slow and silent runs (loading a model)."""
+    if quiet or not err.is_terminal:
+        yield
+        return
+    with err.status(f"{what} …"):
+        yield
+
+
+def _count_items(sources: list[str]) -> int:
+    """How many items the sources name; a missing source or a bad manifest fails here."""
+    from .sources import iter_source
+
+    return sum(1 for source in sources for _ in iter_source(source))
+
+
+def _recorded_model(collection: Path) -> str | None:
+    """The model spec an existing collection records, if it can be read."""
+    from .layout import MANIFEST
+
+    try:
+        recorded = json.loads((collection / MANIFEST).read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None  # missing (a new collection) or unreadable: create/open says which
+    return recorded if isinstance(recorded, str) else None
+
+
+def _discard_if_empty(collection: Path) -> None:
+    """Remove a collection folder this command made when nothing was stored in it."""
+    import shutil
+
+    from .collection import Collection
+    from .layout import MANIFEST
+
+    if not collection.is_dir():
+        return
+    if (collection / MANIFEST).exists():
+        try:
+            with Collection.open(collection) as col:
+                if col.store.count:
+                    return
+        except LookalikeError:
+            pass  # half made: nothing in it is worth keeping
+    shutil.rmtree(collection, ignore_errors=True)
 
 
 def _run_workers(workers: int, options: dict[str, Any]) -> None:
@@ -485,13 +722,6 @@ def _run_workers(workers: int, options: dict[str, Any]) -> None:
     listening = config.bind_socket()
     listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     Multiprocess(config, sockets=[listening]).run()
-
-
-def _decode_workers() -> int:
-    """One core stays with the encoder; measured best on 2 cores (bench/RESULTS.md, Ingest)."""
-    import os
-
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def _parse_filters(pairs: list[str]) -> dict[str, Any]:
@@ -530,6 +760,8 @@ def _read_vector(value: str) -> list[float]:
 def main() -> None:
     """Entry point: run the app, turning lookalike errors into one clear line."""
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    # exports and cache evictions take long or free space: say so
+    logging.getLogger("lookalike.encoders").setLevel(logging.WARNING)
     try:
         app()
     except LookalikeError as error:

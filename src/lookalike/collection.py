@@ -383,7 +383,7 @@ class Collection:
         )
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         if query.dedupe:
-            found = dedupe(found, query.dedupe, self.backend.vectors)
+            found = dedupe(found, query.dedupe, self.backend.vectors, query.k)
         found = found[: query.k]
         rows = self.backend.rows([i for i, _ in found])
         return [hit_of(rows[i], score) for i, score in found]

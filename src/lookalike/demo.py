@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .encoders import DEFAULT_MODEL
-from .errors import LookalikeError
 
 SHAPES = ("circle", "square", "triangle", "stripes")
 COLOURS = {
@@ -83,64 +82,85 @@ def run(
     model: str = DEFAULT_MODEL,
     weights: str | None = None,
     per_kind: int = 8,
+    fallback_arch: str = "ViT-B-32",
 ) -> None:
-    """Index generated samples into a collection, then search it by image, id and text."""
+    """Index generated samples into a collection, then search it by image, id and text.
+
+    Without the default model's weights (offline), it runs ``fallback_arch`` with seeded
+    random weights: the same results on every run, but rankings that mean nothing.
+    """
+    from .cli import progress_bar
     from .collection import Collection
+    from .encoders.hub import ModelUnavailableError
 
     root = Path(workdir or tempfile.mkdtemp(prefix="lookalike-demo-"))
     manifest = write_samples(root / "samples", per_kind)
-    print(
-        f"wrote {sum(1 for _ in manifest.parent.glob('*.jpg'))} sample images to {manifest.parent}"
-    )
-    if model == DEFAULT_MODEL and weights is None and not _hub_reachable():
-        print(
-            "The model hub cannot be reached, so the demo uses ViT-B-32 with RANDOM weights:\n"
-            "the plumbing and speed are real, the rankings are not. With internet (or\n"
-            "--model open_clip:ViT-B-32 --weights FILE) it uses the trained model."
-        )
-        model, weights = "open_clip:ViT-B-32", str(_random_weights(root, "ViT-B-32"))
+    count = len(SHAPES) * len(COLOURS) * per_kind
+    print(f"1/4  wrote {count} sample pictures ({len(SHAPES)} shapes x {len(COLOURS)} colours)")
+    print(f"     to {manifest.parent}, labelled in {manifest.name}")
+    print(f"2/4  loading {model} (the first run exports it once: about a minute on a laptop)")
     try:
         collection = Collection.create(root / "collection", model, weights=weights, exist_ok=True)
-    except LookalikeError as error:
-        raise LookalikeError(
-            f"{error}\nThe default model downloads its weights on first use; offline, pass "
-            "--model open_clip:ViT-B-32 --weights FILE with a local checkpoint."
-        ) from error
+    except ModelUnavailableError as error:
+        if model != DEFAULT_MODEL or weights is not None:
+            raise
+        print(
+            f"     {error.args[0].split('. ')[0]}.\n"
+            f"     So the demo runs {fallback_arch} with RANDOM weights (seeded: every run gives\n"
+            "     the same results): the plumbing and speed are real, the rankings are not.\n"
+            "     With internet, or --model open_clip:ViT-B-32 --weights FILE, it uses the\n"
+            "     trained model."
+        )
+        model, weights = f"open_clip:{fallback_arch}", str(_random_weights(root, fallback_arch))
+        collection = Collection.create(root / "collection", model, weights=weights, exist_ok=True)
     with collection:
-        report = collection.add(manifest)
-        print(f"indexed: {json.dumps(report.to_dict())}")
-        query = next(manifest.parent.glob("red-circle-*.jpg"))
-        _show(f"image {query.name}", collection.search(image=query.read_bytes(), k=5))
+        print(f"3/4  indexing {count} images into {collection.path}")
+        with progress_bar(count) as progress:
+            report = collection.add(manifest, progress=progress)
+            progress.finish_source(report)
+        rate = report.seen / report.seconds if report.seconds else 0.0
+        print(
+            f"     {report.added} added, {report.unchanged} already there, "
+            f"{len(report.failed)} skipped, in {report.seconds:.1f} s ({rate:.0f} images/s)"
+        )
+        print("4/4  searching")
+        query = next(iter(sorted(manifest.parent.glob("red-circle-*.jpg"))))
+        _show(f"images like {query.name}", collection.search(image=query.read_bytes(), k=5))
+        first = Path(collection.get(0).locator).name
         _show(
-            "more like id 0, only stripes",
+            f"more like #0 ({first}), only stripes",
             collection.search(id=0, k=5, filter={"shape": "stripes"}),
         )
         if collection.encoder.supports_text:
-            _show("text 'a blue triangle'", collection.search(text="a blue triangle", k=5))
-        print(f"collection: {collection.path}  ({len(collection)} images)")
-
-
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+            _show('the text "a blue triangle"', collection.search(text="a blue triangle", k=5))
+        print(f"\ncollection: {collection.path}  ({len(collection)} images). Next:")
+        print(f'  lookalike search {collection.path} --text "a green square"')
+        print(f"  lookalike serve {collection.path}    # web page at http://127.0.0.1:8000")
 
 
 def _random_weights(root: Path, arch: str) -> Path:
+    """A checkpoint of ``arch`` with random weights from a fixed seed: the same every run."""
     import open_clip
     import torch
 
     path = root / f"random-{arch}.pt"
     if not path.exists():
-        torch.save(open_clip.create_model(arch).state_dict(), path)
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.setLevel(logging.ERROR)  # open_clip warns on the root logger about no tag
+        try:
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                model = open_clip.create_model(arch)
+        finally:
+            root_logger.setLevel(level)
+        torch.save(model.state_dict(), path)
     return path
 
 
 def _show(title: str, hits: list) -> None:
-    print(f"\nsearch by {title}:")
+    print(f"\n  {title}:")
+    print("  rank   score  image                     labels")
     for rank, hit in enumerate(hits, start=1):
-        print(f"  {rank:2d}  {hit.score:.3f}  {Path(hit.locator).name}  {hit.metadata}")
+        labels = " ".join(str(v) for v in hit.metadata.values())
+        print(f"  {rank:4d}  {hit.score:6.3f}  {Path(hit.locator).name:<24}  {labels}")

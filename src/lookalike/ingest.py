@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,12 +38,18 @@ log = logging.getLogger("lookalike")
 Progress = Callable[[IngestReport], None]
 
 
+def default_workers() -> int:
+    """Decoding processes by default: cores - 1 (one core stays with the encoder), at most 8;
+    measured best on 2 cores (bench/RESULTS.md, Ingest)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     """How an ingest run behaves."""
 
     batch_size: int = 64
-    workers: int = 0  # 0 prepares in the calling process
+    workers: int = field(default_factory=default_workers)  # 0 prepares in the calling process
     strict: bool = False  # stop at the first bad item instead of skipping it
     limits: ImageLimits = field(default_factory=ImageLimits)
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
@@ -133,6 +140,9 @@ def ingest(
             while in_flight:
                 take(in_flight.popleft().result())
             flush()
+            report.seconds = time.monotonic() - started
+            if progress:  # the last partial batch, so a progress display reaches the total
+                progress(report)
         finally:
             for future in in_flight:
                 future.cancel()

@@ -661,6 +661,14 @@ class Store:
         ids = [r[0] for r in self._select(f"SELECT id FROM items WHERE {where}", params)]
         return np.asarray(ids, dtype=np.int64)
 
+    def metadata_keys(self) -> list[str]:
+        """The metadata keys of live rows, sorted (a full scan: for messages, not searches)."""
+        found = self._select(
+            "SELECT DISTINCT j.key FROM items, json_each(items.metadata) AS j "
+            "WHERE items.deleted = 0 ORDER BY j.key"
+        )
+        return [str(r[0]) for r in found]
+
     def integrity_check(self) -> str:
         """SQLite's own consistency check: "ok" or what is wrong."""
         return "; ".join(str(r[0]) for r in self._select("PRAGMA integrity_check"))
@@ -677,15 +685,6 @@ class Store:
     def roots(self) -> list[str]:
         """Folders registered as sources of the collection's files."""
         return [r[0] for r in self._select("SELECT path FROM roots ORDER BY path")]
-
-    def metadata_keys(self, sample: int = 10_000) -> list[str]:
-        """Metadata keys used by the newest ``sample`` live rows, sorted."""
-        found = self._select(
-            "SELECT DISTINCT j.key FROM (SELECT metadata FROM items WHERE deleted = 0 "
-            "ORDER BY id DESC LIMIT ?) AS r, json_each(r.metadata) AS j",
-            (sample,),
-        )
-        return sorted(r[0] for r in found)
 
     def live_count(self) -> int:
         """Number of rows not deleted."""

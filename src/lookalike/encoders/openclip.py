@@ -10,10 +10,10 @@ import torch
 
 from ..errors import BadInputError
 from ._torch import Normalizer, pick_device, unit_rows
-from .textcache import TextCache
+from .textcache import MAX_TEXT_CHARS, TextCache, check_texts
 from .towers import TextTower
 
-MAX_TEXT_CHARS = 2000
+__all__ = ["MAX_TEXT_CHARS", "OpenClipEncoder", "check_texts", "resolve_arch"]
 
 
 class OpenClipEncoder:
@@ -37,14 +37,21 @@ class OpenClipEncoder:
             )
         self.spec = f"open_clip:{name}"
         self.device = pick_device(device)
+        checkpoint, tag_config = str(weights) if weights else None, None
+        if pretrained and not arch.startswith("hf-hub:"):
+            from .hub import pretrained_checkpoint
+
+            checkpoint, tag_config = pretrained_checkpoint(arch, pretrained)
         root_logger = logging.getLogger()
         level = root_logger.level
         root_logger.setLevel(logging.ERROR)  # open_clip warns on the root logger about no tag
         try:
+            # a local file, with the tag's preprocessing: open_clip would ask the hub again
             self.model = open_clip.create_model(
                 arch,
-                pretrained=str(weights) if weights else (pretrained or None),
+                pretrained=checkpoint,
                 device=self.device,
+                force_preprocess_cfg=tag_config,
             )
         except Exception as error:  # torch and open_clip raise many types for a bad checkpoint
             raise BadInputError(f"cannot load {self.spec}: {_first_line(error)}") from error
@@ -98,15 +105,6 @@ def resolve_arch(name: str) -> tuple[str, str]:
     elif arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
         raise BadInputError(f"unknown open_clip architecture {arch!r}")
     return arch, pretrained
-
-
-def check_texts(texts: list[str]) -> None:
-    """Refuse empty, non-string and overlong texts."""
-    for text in texts:
-        if not isinstance(text, str) or not text.strip():
-            raise BadInputError("a text query must be a non-empty string")
-        if len(text) > MAX_TEXT_CHARS:
-            raise BadInputError(f"a text query is limited to {MAX_TEXT_CHARS} characters")
 
 
 def _first_line(error: BaseException) -> str:

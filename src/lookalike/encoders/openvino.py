@@ -2,15 +2,18 @@
 
 Where the CPU multiplies bfloat16 natively (AVX-512 BF16, AMX), OpenVINO runs the matrix
 multiplies in bfloat16 with float32 accumulation: about twice the float32 rate, since the
-towers are bound by their matrix multiplies. Elsewhere it runs float32. Before first use on a
-model, its vectors are checked once against the float32 export on a probe batch and must
-agree to cosine >= 0.9999 per vector, the float32 bar; the result is cached, and a model
-that misses it is refused (``auto`` then falls back to ONNX Runtime float32).
+towers are bound by their matrix multiplies. Elsewhere it runs float32. Before first use of a
+tower, its vectors are checked once against the float32 export on a probe batch and must
+agree to cosine >= 0.9999 per vector, the float32 bar; the result is cached, and a tower
+that misses it is refused, or with ``fallback`` (``auto``) runs on ONNX Runtime float32. The
+compiled model is cached beside that check (OpenVINO's ``CACHE_DIR``), so later processes import it
+instead of compiling again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,23 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from .cache import build_once, cache_key, weights_identity
-from .onnx import EXPORT_FORMAT, META, ExportError, OnnxEncoder, Runner, _probe_images, ort_runner
+from .cache import build_once, cache_key
+from .onnx import (
+    EXPORT_FORMAT,
+    META,
+    ExportError,
+    OnnxEncoder,
+    Runner,
+    _probe_images,
+    ort_runner,
+    read_meta,
+)
+
+log = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.9999
-CHECK_FORMAT = 1
+CHECK_FORMAT = 2
+COMPILED = "compiled"
 
 
 class OpenVinoEncoder(OnnxEncoder):
@@ -34,6 +49,7 @@ class OpenVinoEncoder(OnnxEncoder):
         weights: str | Path | None = None,
         threads: int | None = None,
         device: str | None = None,
+        fallback: bool = False,
     ) -> None:
         import openvino
 
@@ -41,37 +57,55 @@ class OpenVinoEncoder(OnnxEncoder):
         self.precision = "bf16" if _native_bf16(self.core) else "f32"
         super().__init__(name, weights, "onnx", threads=threads, device=device)
         self.runtime = "openvino"
+        self._openvino_version = openvino.__version__
+        self.fallback = fallback
+
+    def _load(self, folder: Path, tower: str) -> Runner:
+        """The tower compiled by OpenVINO, once checked against the float32 export."""
+        check = self._checked(folder, tower)
+        agreement = check["agreement"][tower]
+        if not agreement >= MIN_AGREEMENT:
+            problem = (
+                f"OpenVINO {self.precision} agrees with the float32 export of {self.spec} "
+                f"({tower} tower) only to cosine {agreement:.5f} (< {MIN_AGREEMENT})"
+            )
+            if not self.fallback:
+                raise ExportError(problem)
+            log.warning("%s: running the %s tower on ONNX Runtime instead", problem, tower)
+            return super()._load(folder, tower)
+        return self._compile(folder / f"{tower}.onnx", check["cache_dir"])
+
+    def _checked(self, folder: Path, tower: str) -> dict[str, Any]:
+        """The cached result of checking this engine on one tower (made first if missing)."""
         key = cache_key(
             {
-                "spec": self.spec,
-                "weights": weights_identity(weights),
+                "export": self._files.key(tower),
                 "lookalike": __version__,
                 "format": [EXPORT_FORMAT, CHECK_FORMAT],
                 "variant": "openvino",
-                "openvino": openvino.__version__,
+                "openvino": self._openvino_version,
                 "precision": self.precision,
+                "tower": tower,
             }
         )
-        check = json.loads((build_once(key, self._check) / META).read_text())
-        if not check["ok"]:
-            raise ExportError(
-                f"OpenVINO {self.precision} agrees with the float32 export of {name} only to "
-                f"cosine {min(check['agreement'].values()):.5f} (< {MIN_AGREEMENT})"
-            )
+        entry = build_once(key, lambda into: self._check(folder, tower, into))
+        check = read_meta(entry)
+        if check is None:
+            raise ExportError(f"cache entry {entry} is unreadable")
+        return {**check, "cache_dir": str(entry / COMPILED)}
 
-    def _load(self, path: Path) -> Runner:
+    def _compile(self, path: Path, cache_dir: str | None) -> Runner:
         from .runtime import physical_cores
 
-        compiled = self.core.compile_model(
-            str(path),
-            "CPU",
-            {
-                "INFERENCE_PRECISION_HINT": self.precision,
-                "INFERENCE_NUM_THREADS": self.threads or physical_cores(),
-                "PERFORMANCE_HINT": "LATENCY",
-                "ENABLE_CPU_PINNING": False,  # the cores are shared with decoders and a server
-            },
-        )
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "INFERENCE_NUM_THREADS": self.threads or physical_cores(),
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,  # the cores are shared with decoders and a server
+        }
+        if cache_dir:
+            config["CACHE_DIR"] = cache_dir
+        compiled = self.core.compile_model(str(path), "CPU", config)
         local = threading.local()  # an infer request serves one thread at a time
 
         def run(feed: np.ndarray) -> np.ndarray:
@@ -81,23 +115,24 @@ class OpenVinoEncoder(OnnxEncoder):
 
         return run
 
-    def _check(self, folder: Path) -> None:
-        """Least cosine per tower between this engine and the float32 export on probes."""
-        feeds = {
-            "image": _probe_images(self.image_size),
-            "text": np.asarray(self._meta["probe_tokens"], dtype=np.int64),
-        }
-        agreement = {}
-        for tower, feed in feeds.items():
-            path = self._folder / f"{tower}.onnx"
-            expected = ort_runner(path, self.threads, ["CPUExecutionProvider"])(feed)
-            got = self._load(path)(feed)
-            agreement[tower] = float(np.min(np.sum(got * expected, axis=1)))
+    def _check(self, source: Path, tower: str, folder: Path) -> None:
+        """Least cosine between this engine and the float32 export on probes, into ``folder``."""
+        meta = read_meta(source) or {}
+        if tower == "image":
+            feed = _probe_images(self.image_size)
+        else:
+            feed = np.asarray(meta["probe_tokens"], dtype=np.int64)
+        path = source / f"{tower}.onnx"
+        expected = ort_runner(path, self.threads, ["CPUExecutionProvider"])(feed)
+        got = self._compile(path, None)(feed)
         result: dict[str, Any] = {
-            "precision": self.precision,
-            "agreement": agreement,
-            "ok": all(value >= MIN_AGREEMENT for value in agreement.values()),
+            "spec": self.spec,
+            "tower": tower,
+            "precision": f"openvino {self.precision}",
+            "agreement": {tower: float(np.min(np.sum(got * expected, axis=1)))},
+            "files": {},
         }
+        (folder / COMPILED).mkdir()
         (folder / META).write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -9,7 +9,8 @@
   int8 dot products, vectors change slightly (cosine >= 0.99), so it is only used when asked;
 - ``auto``: torch on CUDA, else the first of ``AUTO_CPU`` that is installed and passes its
   check: the fastest variants measured by ``bench/encoder.py`` (see ``bench/RESULTS.md``)
-  that keep the float32 bar; torch when none does.
+  that keep the float32 bar; torch when none does. OpenVINO checks each tower on first use
+  and hands a tower that misses the bar to ONNX Runtime.
 
 torchvision backbones run on torch only.
 """
@@ -34,11 +35,21 @@ def resolve_runtime(runtime: str, device: str | None) -> list[str]:
         raise BadInputError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     if runtime != "auto":
         return [runtime]
-    from ._torch import pick_device
-
-    if pick_device(device).type != "cpu":
+    if _on_gpu(device):
         return ["torch"]
     return [name for name in AUTO_CPU if _installed(name)] + ["torch"]
+
+
+def _on_gpu(device: str | None) -> bool:
+    """Whether the model would run on a GPU, without importing torch (seconds) when no NVIDIA
+    driver is present: CUDA needs its device files."""
+    if device:
+        return not device.startswith("cpu")
+    if not any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")):
+        return False
+    from ._torch import pick_device
+
+    return pick_device(device).type != "cpu"
 
 
 def load_open_clip(
@@ -53,7 +64,7 @@ def load_open_clip(
 
     for choice in resolve_runtime(runtime, device):
         try:
-            return _load(choice, name, weights, device, threads)
+            return _load(choice, name, weights, device, threads, runtime)
         except (ExportError, ImportError) as error:
             if runtime != "auto" or choice == "torch":
                 raise
@@ -62,7 +73,12 @@ def load_open_clip(
 
 
 def _load(
-    choice: str, name: str, weights: str | Path | None, device: str | None, threads: int | None
+    choice: str,
+    name: str,
+    weights: str | Path | None,
+    device: str | None,
+    threads: int | None,
+    runtime: str,
 ) -> object:
     if choice == "torch":
         from .openclip import OpenClipEncoder
@@ -72,7 +88,9 @@ def _load(
     if choice == "openvino":
         from .openvino import OpenVinoEncoder
 
-        return OpenVinoEncoder(name, weights, threads=threads, device=device)
+        return OpenVinoEncoder(
+            name, weights, threads=threads, device=device, fallback=runtime == "auto"
+        )
     from .onnx import OnnxEncoder
 
     return OnnxEncoder(name, weights, choice, threads=threads, device=device)

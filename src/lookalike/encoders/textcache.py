@@ -1,4 +1,5 @@
-"""A small LRU cache of text embeddings: a repeated query text skips the model."""
+"""A small LRU cache of text embeddings (a repeated query text skips the model), and the
+checks every text query passes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import BadInputError
+
 DEFAULT_SIZE = 1024
+MAX_TEXT_CHARS = 2000
+
+
+def check_texts(texts: list[str]) -> None:
+    """Refuse empty, non-string and overlong texts."""
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise BadInputError("a text query must be a non-empty string")
+        if len(text) > MAX_TEXT_CHARS:
+            raise BadInputError(f"a text query is limited to {MAX_TEXT_CHARS} characters")
 
 
 class TextCache:

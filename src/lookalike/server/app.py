@@ -24,7 +24,7 @@ from ..fetch import is_url
 from ..imaging import ImageLimits, decode_image
 from ..query import OPTIONS, Query
 from ..types import Hit, Item
-from . import compat, errors
+from . import clip_front, compat, errors
 from .bodies import item_name, links, parse_json, read_json, relative_path
 from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
@@ -62,9 +62,11 @@ def create_app(
     """An app serving ``collections`` (name -> open Collection)."""
     settings = settings or ServerSettings()
     served = Served(collections, settings)
+    settings.check_caption_columns(served.collections)
     if load_models:
         for collection in served.collections.values():
             _ = collection.encoder  # load once at start, not on the first request
+            getattr(collection.encoder, "warm_up", lambda: None)()  # exported towers open lazily
     app = FastAPI(
         title="lookalike",
         version=__version__,
@@ -76,6 +78,8 @@ def create_app(
     errors.install(app)
     app.include_router(_api(served, metrics))
     app.include_router(compat.router(served))
+    if settings.clip_front:
+        clip_front.mount(app, served)
     app.mount("/static", StaticFiles(directory=str(WEB)), name="static")
     app.add_middleware(Guard, settings=settings, metrics=metrics)
     if settings.cors_origins:  # outside the guard: preflights carry no key, errors need headers

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Sequence
 from pathlib import PurePath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from fastapi import Request
-
 from ..errors import BadInputError
 from ..types import Item
-
-
-def decode_base64(text: str) -> bytes:
-    """Bytes of a base64 string or data: URL."""
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInputError("image must be base64-encoded bytes") from None
-
-
-async def read_json(request: Request) -> Any:
-    """The body parsed as JSON."""
-    # clip-retrieval's client posts JSON without a content type, so the body is parsed as JSON
-    # whatever the header says
-    return parse_json(await request.body(), "the body")
 
 
 def parse_json(raw: str | bytes, what: str) -> Any:

@@ -41,6 +41,7 @@ class ServeConfig:
             if name in collections:
                 raise BadInputError(f"two collections are named {name!r}; use NAME=DIR")
             collections[name] = str(path)
+        settings.check_caption_columns(collections)
         private = bool(options.pop("allow_private_urls", False))
         return cls(collections, settings, options, private)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import BadInputError
@@ -30,11 +31,43 @@ class ServerSettings:
     default_k: int = 20
     show_paths: bool = False  # hits and items carry their path relative to the indexed folder
     fetch_threads: int = 8  # requests fetching URLs at once (as many queue; more get 503)
+    public_url: str | None = None  # base of absolute links behind a proxy; default: the request's
+    clip_front: bool = False  # serve clip-retrieval's web front end at /clip-front/
+    caption_columns: tuple[str, ...] = ()  # "COLUMN" for every collection or "NAME=COLUMN"
 
     def __post_init__(self) -> None:
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "max_connections"):
             if not getattr(self, name) > 0:  # 0 or NaN would close every connection at once
                 raise BadInputError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.public_url is not None and not self.public_url.lower().startswith(
+            ("http://", "https://")
+        ):
+            raise BadInputError(
+                f"the public URL must start with http:// or https://, not {self.public_url!r}"
+            )
+        for entry in self.caption_columns:
+            if not _split_caption_column(entry)[1]:
+                raise BadInputError(
+                    f"caption column {entry!r} must look like COLUMN or NAME=COLUMN"
+                )
+
+    def check_caption_columns(self, served: Iterable[str]) -> None:
+        """Raise unless every collection given a caption column of its own is served."""
+        named = {n for n, _ in map(_split_caption_column, self.caption_columns) if n is not None}
+        unknown = sorted(named - set(served))
+        if unknown:
+            raise BadInputError(f"a caption column is set for {unknown[0]!r}, which is not served")
+
+    def caption_column(self, collection: str) -> str:
+        """The metadata column that holds a collection's captions (default ``caption``)."""
+        chosen = "caption"
+        for entry in self.caption_columns:
+            name, column = _split_caption_column(entry)
+            if name is None:
+                chosen = column
+            elif name == collection:
+                return column
+        return chosen
 
     @classmethod
     def with_env_keys(cls, **options: object) -> ServerSettings:
@@ -54,3 +87,9 @@ def is_local_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a host name: it may resolve to any address
         return False
+
+
+def _split_caption_column(entry: str) -> tuple[str | None, str]:
+    """(collection name or None for all, column) of a "COLUMN" or "NAME=COLUMN" entry."""
+    name, sep, column = entry.partition("=")
+    return (name, column) if sep else (None, name)
