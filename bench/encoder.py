@@ -47,7 +47,7 @@ def main() -> None:
 
     from lookalike.encoders import load_encoder
     from lookalike.encoders.cache import cache_root
-    from lookalike.encoders.runtime import physical_cores
+    from lookalike.encoders.probe import physical_cores
 
     workdir = args.workdir or cache_root() / "bench"
     os.environ.setdefault("LOOKALIKE_CACHE", str(workdir / "cache"))

@@ -33,6 +33,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import BadInputError, LookalikeError
 from .cache import build_once, cache_key, discard, entry_path, weights_identity
+from .probe import physical_cores, probe_images
 from .textcache import TextCache, check_texts
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,7 @@ def _export_tower(reference: Any, tower: str, folder: Path) -> dict[str, Any]:
 
     meta = _model_meta(reference)
     if tower == "image":
-        images = _probe_images(reference.image_size)
+        images = probe_images(reference.image_size)
         module = ImageTower(reference.model, reference.mean, reference.std).eval()
         feed = torch.from_numpy(images)
         _export(module, feed[:2], folder / "image.onnx", "pixels", ("n",))
@@ -369,7 +370,7 @@ def _quantize(source: Path, folder: Path, tower: str) -> dict[str, Any]:
 
     meta = json.loads((source / META).read_text())
     feed = (
-        _probe_images(int(meta["image_size"]))
+        probe_images(int(meta["image_size"]))
         if tower == "image"
         else np.asarray(meta["probe_tokens"], dtype=np.int64)
     )
@@ -420,14 +421,6 @@ def _trim(tokens: np.ndarray, pool_type: str, eos_id: int | None) -> np.ndarray:
     else:
         pooled = tokens.argmax(axis=-1)  # EOT has the highest id of the vocabulary
     return tokens[:, : int(pooled.max()) + 1]
-
-
-def _probe_images(size: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    noise = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
-    ramp = np.linspace(0, 255, size, dtype=np.float32).astype(np.uint8)
-    smooth = np.broadcast_to(ramp[None, :, None, None], (1, size, size, 3))
-    return np.concatenate([noise, smooth]).copy()
 
 
 # -- ONNX Runtime --------------------------------------------------------------------------
@@ -487,8 +480,6 @@ def _session(
     level: str = "all",
 ) -> Any:
     import onnxruntime as ort
-
-    from .runtime import physical_cores
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or physical_cores()

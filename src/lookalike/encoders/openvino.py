@@ -28,10 +28,10 @@ from .onnx import (
     ExportError,
     OnnxEncoder,
     Runner,
-    _probe_images,
     ort_runner,
     read_meta,
 )
+from .probe import physical_cores, probe_images
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,6 @@ class OpenVinoEncoder(OnnxEncoder):
         return {**check, "cache_dir": str(entry / COMPILED)}
 
     def _compile(self, path: Path, cache_dir: str | None) -> Runner:
-        from .runtime import physical_cores
-
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": self.precision,
             "INFERENCE_NUM_THREADS": self.threads or physical_cores(),
@@ -119,7 +117,7 @@ class OpenVinoEncoder(OnnxEncoder):
         """Least cosine between this engine and the float32 export on probes, into ``folder``."""
         meta = read_meta(source) or {}
         if tower == "image":
-            feed = _probe_images(self.image_size)
+            feed = probe_images(self.image_size)
         else:
             feed = np.asarray(meta["probe_tokens"], dtype=np.int64)
         path = source / f"{tower}.onnx"

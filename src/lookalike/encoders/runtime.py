@@ -18,7 +18,6 @@ torchvision backbones run on torch only.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from ..errors import BadInputError
@@ -110,25 +109,3 @@ def set_torch_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (SMT siblings counted once)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
-    try:
-        cores: set[tuple[str, str]] = set()
-        package = ""
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "physical id":
-                package = value
-            elif key == "core id":
-                cores.add((package, value))
-    except OSError:
-        cores = set()
-    logical = os.cpu_count() or usable
-    threads_per_core = max(1, round(logical / len(cores))) if cores else 1
-    return max(1, usable // threads_per_core)

@@ -8,8 +8,17 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from fastapi import Request
+
 from ..errors import BadInputError
 from ..types import Item
+
+
+async def read_json(request: Request) -> Any:
+    """The body parsed as JSON."""
+    # clip-retrieval's client posts JSON without a content type, so the body is parsed as JSON
+    # whatever the header says
+    return parse_json(await request.body(), "the body")
 
 
 def parse_json(raw: str | bytes, what: str) -> Any:
