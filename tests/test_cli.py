@@ -238,6 +238,22 @@ def test_index_again_then_remove(tiny_clip, tmp_path: Path, monkeypatch, capsys)
     code, _, err = run_main(monkeypatch, capsys, "remove", col, "--path", tmp_path / "nope.png")
     assert code == 1
     one_line_error(err, "nope.png")
+    code, _, err = run_main(monkeypatch, capsys, "remove", col, "--id", "4", "--id", "77")
+    assert code == 1  # an unknown id is named, and nothing is removed
+    one_line_error(err, "77")
+    assert json.loads(invoke("info", col, "--json").stdout)["count"] == 4
+
+    # a removed image stays removed when its folder is indexed again, until its file changes
+    again = json.loads(invoke("index", tmp_path / "imgs", "-c", col, "--json").stdout)
+    assert (again["added"], again["removed"], again["unchanged"]) == (0, 2, 4)
+    plain = invoke("index", tmp_path / "imgs", "-c", col)
+    assert "skipped 2 images removed earlier" in plain.stdout
+    files[0].write_bytes(encode(draw_image(99, (40, 30))))
+    changed = json.loads(invoke("index", tmp_path / "imgs", "-c", col, "--json").stdout)
+    assert (changed["added"], changed["removed"]) == (1, 1)
+    back = invoke("index", tmp_path / "imgs", "-c", col, "--include-removed", "--json")
+    assert json.loads(back.stdout)["added"] == 1
+    assert json.loads(invoke("info", col, "--json").stdout)["count"] == 6
     code, _, err = run_main(monkeypatch, capsys, "remove", col)
     assert code == 1
     one_line_error(err, "--id or --path")

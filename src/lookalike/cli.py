@@ -92,6 +92,10 @@ def index(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 64,
     strict: Annotated[bool, typer.Option(help="Stop at the first bad image.")] = False,
+    include_removed: Annotated[
+        bool,
+        typer.Option(help="Add again images removed with `lookalike remove` (skipped otherwise)."),
+    ] = False,
     allow_private_urls: AllowPrivate = False,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
     runtime: RuntimeOpt = "auto",
@@ -131,7 +135,11 @@ def index(
             )
             _ = col.encoder  # an existing collection loads its model here, under the notice
         with col, progress_bar(total, quiet=as_json) as progress:
-            options: dict[str, Any] = {"batch_size": batch_size, "strict": strict}
+            options: dict[str, Any] = {
+                "batch_size": batch_size,
+                "strict": strict,
+                "include_removed": include_removed,
+            }
             if workers is not None:
                 options["workers"] = workers
             reports = [col.reembed(**options)]  # images whose vectors were lost, first
@@ -146,7 +154,7 @@ def index(
         raise
     summary = {
         key: sum(getattr(r, key) for r in reports)
-        for key in ("added", "unchanged", "duplicates", "replaced")
+        for key in ("added", "unchanged", "duplicates", "replaced", "removed")
     }
     failed = [pair for r in reports for pair in r.failed]
     seconds = sum(r.seconds for r in reports)
@@ -168,6 +176,11 @@ def index(
         f"duplicates {summary['duplicates']}, replaced {summary['replaced']}, "
         f"failed {len(failed)} in {seconds:.1f} s ({rate:.1f} images/s); index: {kind}"
     )
+    if summary["removed"]:
+        out.print(
+            f"skipped {summary['removed']} images removed earlier with `lookalike remove` "
+            "(--include-removed adds them again)"
+        )
 
 
 @app.command()

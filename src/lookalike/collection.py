@@ -290,7 +290,9 @@ class Collection:
     ) -> int:
         """Remove images by id (one or several) or by path/URL; returns how many were removed.
 
-        Nothing is removed when any of them is not stored: NotFoundError names those.
+        Nothing is removed when any of them is not stored: NotFoundError names those. A
+        removed image stays removed: adding its file again skips it unless the file changed
+        or ``include_removed=True`` is given to the add.
         """
         wanted = [ids] if isinstance(ids, (int, np.integer)) else list(ids)
         for i in wanted:
@@ -311,7 +313,7 @@ class Collection:
             missing += [str(i) for i in wanted if i not in rows or rows[i].deleted]
             if missing:
                 raise NotFoundError(f"not stored, nothing removed: {', '.join(missing[:20])}")
-            return self.backend.mark_deleted(wanted)
+            return self.backend.remove(wanted)
 
     def _ingest_options(self, options: dict[str, Any]) -> IngestOptions:
         return IngestOptions(limits=self.limits, fetch_policy=self.fetch_policy, **options)

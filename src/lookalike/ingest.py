@@ -53,6 +53,7 @@ class IngestOptions:
     strict: bool = False  # stop at the first bad item instead of skipping it
     limits: ImageLimits = field(default_factory=ImageLimits)
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    include_removed: bool = False  # add again images a user removed (same path and content)
 
 
 class _InlineExecutor(Executor):
@@ -82,7 +83,7 @@ def ingest(
         vectors = encoder.encode_images(np.stack([p.pixels for p in batch])) if batch else []
         with store.writing():  # held per batch, so other writers interleave with an ingest
             # decided again under the lock: another writer may have stored some since take()
-            rows, replaces = _still_new(store, batch, vectors, replaced, report)
+            rows, replaces = _still_new(store, batch, vectors, replaced, report, options)
             # one transaction: a crash never leaves a changed file's old and new rows both live
             report.ids += store.add(rows, replaces=replaces)
         report.added += len(rows)
@@ -101,9 +102,11 @@ def ingest(
         if isinstance(result, Failure):
             fail(result.item, result.reason)
         else:
-            kind, old = _classify(store, result, batch_hashes)
+            kind, old = _classify(store, result, batch_hashes, options.include_removed)
             if kind == "unchanged":
                 report.unchanged += 1
+            elif kind == "removed":
+                report.removed += 1
             elif kind == "duplicate":
                 report.duplicates += 1
                 if old is not None:  # the path now holds a copy of another stored image
@@ -127,16 +130,20 @@ def ingest(
                     continue
                 if _unchanged(store, item):
                     report.unchanged += 1
-                    if progress:
-                        progress(report)
-                    continue
-                in_flight.append(
-                    pool.submit(
-                        prepare, item, encoder.image_size, options.limits, options.fetch_policy
+                elif not options.include_removed and _removed(store, item):
+                    report.removed += 1
+                else:
+                    in_flight.append(
+                        pool.submit(
+                            prepare, item, encoder.image_size, options.limits, options.fetch_policy
+                        )
                     )
-                )
-                while len(in_flight) >= window or (in_flight and in_flight[0].done()):
-                    take(in_flight.popleft().result())
+                    while len(in_flight) >= window or (in_flight and in_flight[0].done()):
+                        take(in_flight.popleft().result())
+                    continue
+                if progress:
+                    progress(report)
+                continue
             while in_flight:
                 take(in_flight.popleft().result())
             flush()
@@ -151,15 +158,19 @@ def ingest(
 
 
 def _classify(
-    store: Backend, image: PreparedImage, batch_hashes: set[str]
+    store: Backend, image: PreparedImage, batch_hashes: set[str], include_removed: bool = False
 ) -> tuple[str, int | None]:
-    """Whether a prepared image is "unchanged" (stored under its path or URL), a "duplicate"
-    (its content is stored, or waits in the batch) or "new"; and the id of the live row it
-    replaces, if any."""
+    """Whether a prepared image is "unchanged" (stored under its path or URL), "removed" (a
+    user removed it, and it has not changed since), a "duplicate" (its content is stored, or
+    waits in the batch) or "new"; and the id of the live row it replaces, if any."""
     known = store.live_by_key(image.item.locator)
     old = known.id if known is not None else None
     if known is not None and not known.stale and known.content_hash == image.content_hash:
         return "unchanged", None
+    if known is None and not include_removed:
+        gone = store.removed_by_key(image.item.locator)
+        if gone is not None and gone.content_hash == image.content_hash:
+            return "removed", None
     if image.content_hash in batch_hashes or store.live_by_hash(image.content_hash):
         return "duplicate", old
     return "new", old
@@ -171,6 +182,7 @@ def _still_new(
     vectors: Any,
     replaced: list[int],
     report: IngestReport,
+    options: IngestOptions,
 ) -> tuple[list[NewRow], list[int]]:
     """The rows of the batch that are still new (under the writer lock), and the live ids they
     and the batch's duplicates replace; counts the others as unchanged or duplicates."""
@@ -178,11 +190,13 @@ def _still_new(
     replaces = {i for i, row in store.rows(replaced).items() if not row.deleted}
     hashes: set[str] = set()
     for p, vector in zip(batch, vectors, strict=True):
-        kind, old = _classify(store, p, hashes)
+        kind, old = _classify(store, p, hashes, options.include_removed)
         if old is not None:
             replaces.add(old)
         if kind == "unchanged":
             report.unchanged += 1
+        elif kind == "removed":
+            report.removed += 1
         elif kind == "duplicate":
             report.duplicates += 1
         else:
@@ -200,6 +214,15 @@ def _still_new(
                 )
             )
     return rows, sorted(replaces)
+
+
+def _removed(store: Backend, item: SourceItem) -> bool:
+    """Whether a user removed the file at this path and it has the same size and mtime since
+    (a URL is judged after fetching, by its content)."""
+    if item.size is None or store.live_by_key(item.locator) is not None:
+        return False
+    gone = store.removed_by_key(item.locator)
+    return gone is not None and gone.bytes == item.size and gone.mtime == item.mtime
 
 
 def _unchanged(store: Backend, item: SourceItem) -> bool:

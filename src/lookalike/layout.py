@@ -26,19 +26,23 @@ UPLOADS_DIR = "uploads"
 THUMBNAILS_DIR = "thumbnails"
 
 
-def write_atomic(target: Path, content: bytes | str | Callable[[Path], object]) -> Path:
-    """Write ``target`` whole or not at all: into a private temporary file, synced to disk,
-    then renamed over it. ``content`` is the bytes or text, or a function writing a path."""
+def write_atomic(
+    target: Path, content: bytes | str | Callable[[Path], object], *, durable: bool = True
+) -> Path:
+    """Write ``target`` whole or not at all: into a private temporary file, synced to disk
+    (unless not ``durable``: a cache that can be made again), then renamed over it.
+    ``content`` is the bytes or text, or a function writing a path."""
     partial = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         if isinstance(content, bytes):
             partial.write_bytes(content)
         elif isinstance(content, str):
-            partial.write_text(content)
+            partial.write_text(content, encoding="utf-8")
         else:
             content(partial)
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(partial, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

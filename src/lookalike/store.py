@@ -65,6 +65,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE items ADD COLUMN stale INTEGER NOT NULL DEFAULT 0;
     INSERT INTO meta SELECT 'pending_count', value FROM meta WHERE key = 'vector_count';
     """,
+    # removed: deleted by a user (not replaced by a changed file), so that indexing the same
+    # folder again does not bring it back
+    """
+    ALTER TABLE items ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX items_removed_key ON items (key) WHERE removed = 1;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -568,6 +574,28 @@ class Store:
             ).rowcount
         self.refresh()
         return changed
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Delete rows for good: unlike a replaced row, a removed one is remembered, so that
+        indexing its file again skips it; return how many live rows were removed."""
+        self._require_lock()
+        ids = [int(i) for i in ids]
+        with self._transaction():
+            changed = self._db.executemany(
+                "UPDATE items SET deleted = 1, removed = 1 WHERE id = ? AND deleted = 0",
+                [(i,) for i in ids],
+            ).rowcount
+        self.refresh()
+        return changed
+
+    def removed_by_key(self, key: str) -> Row | None:
+        """The newest row removed by a user under ``key`` (path or URL), if any."""
+        found = self._select(
+            f"SELECT {_ROW_COLUMNS} FROM items WHERE key = ? AND removed = 1 "
+            "ORDER BY id DESC LIMIT 1",
+            (key,),
+        )
+        return _row(found[0]) if found else None
 
     def mark_stale(self, ids: Iterable[int]) -> int:
         """Flag live rows whose vector was lost, so searches skip them and the next ingest

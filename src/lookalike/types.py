@@ -42,6 +42,7 @@ class IngestReport:
     unchanged: int = 0  # already stored under the same path or URL
     duplicates: int = 0  # same content as an image already stored
     replaced: int = 0  # a stored path whose content changed
+    removed: int = 0  # removed by a user before and unchanged since: skipped
     failed: list[tuple[str, str]] = field(default_factory=list)  # (locator, reason)
     seconds: float = 0.0
     ids: list[int] = field(default_factory=list)  # of the images added, in order
@@ -49,7 +50,7 @@ class IngestReport:
     @property
     def seen(self) -> int:
         """Items looked at."""
-        return self.added + self.unchanged + self.duplicates + len(self.failed)
+        return self.added + self.unchanged + self.duplicates + self.removed + len(self.failed)
 
     @property
     def images_per_second(self) -> float:

@@ -54,6 +54,9 @@ class Backend(Protocol):
     def live_by_keys(self, keys: Sequence[str]) -> dict[str, Row]:
         """Live rows stored under any of these paths or URLs, by key."""
 
+    def removed_by_key(self, key: str) -> Row | None:
+        """The newest row a user removed under this path or URL."""
+
     def stale_rows(self) -> list[Row]:
         """Live rows whose vector was lost and waits to be embedded again."""
 
@@ -92,8 +95,8 @@ class Backend(Protocol):
     def add(self, rows: Sequence[NewRow], replaces: Sequence[int] = ()) -> list[int]:
         """Store rows and their vectors in one commit, deleting ``replaces`` in it; new ids."""
 
-    def mark_deleted(self, ids: Iterable[int]) -> int:
-        """Delete live rows; how many were deleted."""
+    def remove(self, ids: Iterable[int]) -> int:
+        """Delete live rows for good (remembered by key); how many were deleted."""
 
     def add_roots(self, paths: Iterable[str]) -> None:
         """Record folders whose files may be served."""

@@ -78,6 +78,10 @@ class EmbeddedBackend:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.live_by_keys(keys)
 
+    def removed_by_key(self, key: str) -> Row | None:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.removed_by_key(key)
+
     def stale_rows(self) -> list[Row]:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.stale_rows()
@@ -136,9 +140,9 @@ class EmbeddedBackend:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.add(rows, replaces=replaces)
 
-    def mark_deleted(self, ids: Iterable[int]) -> int:
+    def remove(self, ids: Iterable[int]) -> int:
         """See :class:`~lookalike.backends.Backend`."""
-        return self.store.mark_deleted(ids)
+        return self.store.remove(ids)
 
     def add_roots(self, paths: Iterable[str]) -> None:
         """See :class:`~lookalike.backends.Backend`."""

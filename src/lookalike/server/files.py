@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import layout
 from ..collection import Collection
 from ..errors import NotFoundError
 from ..fetch import Deadline, fetch
 from ..imaging import decode_image, make_thumbnail
-
-THUMBNAILS = "thumbnails"
 
 
 def local_image_path(collection: Collection, item_id: int) -> Path:
@@ -28,8 +27,8 @@ def local_image_path(collection: Collection, item_id: int) -> Path:
 
 
 def thumbnail_path(collection: Collection, item_id: int, side: int) -> Path:
-    """Where the thumbnail of a stored image is cached, made or not."""
-    return collection.path / THUMBNAILS / f"{side}" / f"{int(item_id)}.jpg"
+    """Where the thumbnail of a stored image is cached (in the collection), made or not."""
+    return layout.thumbnail_path(collection.path, item_id, side)
 
 
 def thumbnail(collection: Collection, item_id: int, side: int) -> Path:
@@ -45,7 +44,4 @@ def thumbnail(collection: Collection, item_id: int, side: int) -> Path:
         data = local_image_path(collection, item_id).read_bytes()
     image = decode_image(data, limits=collection.limits, min_side=side).image
     cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_bytes(make_thumbnail(image, side))
-    os.replace(partial, cached)
-    return cached
+    return layout.write_atomic(cached, make_thumbnail(image, side), durable=False)
