@@ -20,6 +20,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
 test: lint
 	$(PY) -m pytest

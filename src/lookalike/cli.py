@@ -281,7 +281,7 @@ def _why_empty(col: Any, path: Path, filters: dict[str, Any]) -> str:
         return f"{path} holds no images; add some with `lookalike index SOURCES -c {path}`"
     if not filters:
         return "every image was excluded (--id queries and --exclude-id are left out)"
-    keys = col.store.metadata_keys()
+    keys = col.backend.metadata_keys()
     known = ", ".join(keys) if keys else "none"
     unknown = sorted(set(filters) - set(keys))
     if unknown:
@@ -456,13 +456,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
-    import os
-
-    import uvicorn
 
     from .server import ServerSettings
-    from .server.connections import uvicorn_options
-    from .server.launch import CONFIG_ENV, ServeConfig
+    from .server.launch import ServeConfig, serve_one, serve_workers
     from .server.settings import is_local_host
 
     settings = ServerSettings.with_env_keys(
@@ -496,12 +492,6 @@ def serve(
         threads=threads,
         allow_private_urls=allow_private_urls,
     )
-    options: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_level": "warning",
-        **uvicorn_options(settings),
-    }
     for path in config.collections.values():
         _require_collection(Path(path))
     announce = (
@@ -517,13 +507,12 @@ def serve(
         for path in config.collections.values():
             _open(Path(path)).close()  # fail here, clearly, rather than in every worker
         err.print(announce, highlight=False)
-        os.environ[CONFIG_ENV] = config.to_json()
-        _run_workers(workers, options)
+        serve_workers(config, host, port, workers)
     else:
         with _loading("loading the models"):
             served = config.build_app()  # opens the collections: fails before the announcement
         err.print(announce, highlight=False)
-        uvicorn.run(served, **options)
+        serve_one(served, settings, host, port)
 
 
 @app.command()
@@ -713,28 +702,11 @@ def _discard_if_empty(collection: Path) -> None:
     if (collection / MANIFEST).exists():
         try:
             with Collection.open(collection) as col:
-                if col.store.count:
+                if col.backend.count:
                     return
         except LookalikeError:
             pass  # half made: nothing in it is worth keeping
     shutil.rmtree(collection, ignore_errors=True)
-
-
-def _run_workers(workers: int, options: dict[str, Any]) -> None:
-    """uvicorn's worker supervisor over a listening socket with TCP_NODELAY set: sockets that
-    workers accept inherit it, where uvicorn's own setup left Nagle's algorithm on and every
-    small answer waited 40 ms for a delayed ACK."""
-    import socket
-
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    config = uvicorn.Config(
-        "lookalike.server.launch:app_from_env", factory=True, workers=workers, **options
-    )
-    listening = config.bind_socket()
-    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    Multiprocess(config, sockets=[listening]).run()
 
 
 def _parse_filters(pairs: list[str]) -> dict[str, Any]:

@@ -257,8 +257,10 @@ class Collection:
         for index, item in enumerate(items):
             if index in wanted:  # bodies come in the order of `new`
                 body = next(bodies)
-                failed = isinstance(body, FetchError)
-                item = replace(item, error=str(body)) if failed else replace(item, data=body)
+                if isinstance(body, FetchError):
+                    item = replace(item, error=str(body))
+                else:
+                    item = replace(item, data=body)
             yield item
 
     def add_vectors(

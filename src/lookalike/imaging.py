@@ -301,7 +301,7 @@ def _check_decode_bytes(
     needed = img.width * img.height * _bytes_per_pixel(img.mode)
     kind = img.format or "image"
     if img.format in _DRAFT_FORMATS and _jpeg_buffers_coefficients(img, raw):
-        needed += _jpeg_coefficient_bytes(img.layer, *size)
+        needed += _jpeg_coefficient_bytes(img.layer, *size)  # type: ignore[attr-defined]
         kind = f"multi-scan {kind}"
     if needed > limits.max_decode_bytes:
         width, height = size
@@ -321,7 +321,8 @@ def _bytes_per_pixel(mode: str) -> int:
 def _jpeg_buffers_coefficients(img: Image.Image, raw: bytes) -> bool:
     """Whether libjpeg keeps the whole image's coefficients: a progressive JPEG, or one whose
     first scan holds fewer components than the image (libjpeg's has_multiple_scans)."""
-    return bool(img.info.get("progressive")) or _first_scan_components(raw) < len(img.layer)
+    components = len(img.layer)  # type: ignore[attr-defined]  # a JpegImageFile's
+    return bool(img.info.get("progressive")) or _first_scan_components(raw) < components
 
 
 def _first_scan_components(raw: bytes) -> int:

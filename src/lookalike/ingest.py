@@ -59,7 +59,7 @@ class IngestOptions:
 class _InlineExecutor(Executor):
     """Runs submitted work at once in this process (workers=0)."""
 
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def submit(self, fn, /, *args, **kwargs):
         future: Future = Future()
         future.set_result(fn(*args, **kwargs))
         return future
@@ -80,7 +80,7 @@ def ingest(
     batch_hashes: set[str] = set()
 
     def flush() -> None:
-        vectors = encoder.encode_images(np.stack([p.pixels for p in batch])) if batch else []
+        vectors: Any = encoder.encode_images(np.stack([p.pixels for p in batch])) if batch else []
         with store.writing():  # held per batch, so other writers interleave with an ingest
             # decided again under the lock: another writer may have stored some since take()
             rows, replaces = _still_new(store, batch, vectors, replaced, report, options)

@@ -100,7 +100,7 @@ def iter_csv(path: Path) -> Iterator[SourceItem]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
-        column = _locator_column(reader.fieldnames or [], path)
+        column = _locator_column(list(reader.fieldnames or []), path)
         for number, record in enumerate(reader, start=2):
             locator = (record.pop(column, None) or "").strip()
             metadata = {k: _parse_cell(v) for k, v in record.items() if k}

@@ -13,6 +13,7 @@ import html
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def open_clip_vocab() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / VOCAB_FILE
 
 
-def describe(tokenizer: object) -> dict[str, object] | None:
+def describe(tokenizer: object) -> dict[str, Any] | None:
     """How to rebuild an open_clip tokenizer here, or None if it is not a plain CLIP BPE one."""
     if type(tokenizer).__name__ != "SimpleTokenizer":
         return None
@@ -38,7 +39,8 @@ def describe(tokenizer: object) -> dict[str, object] | None:
     plain = getattr(tokenizer, "reduction_fn", None) is None
     if clean is None or not plain or getattr(tokenizer, "vocab_size", 0) != 49408:
         return None
-    return {"kind": "clip-bpe", "context_length": tokenizer.context_length, "clean": clean}
+    context_length: int = getattr(tokenizer, "context_length")  # noqa: B009 (an open_clip tokenizer)
+    return {"kind": "clip-bpe", "context_length": context_length, "clean": clean}
 
 
 class ClipTokenizer:
@@ -82,7 +84,7 @@ class ClipTokenizer:
         if self.lower:
             text = text.lower()
         byte_map = _bytes_to_unicode()
-        ids = []
+        ids: list[int] = []
         for piece in self.pattern.findall(text):
             word = "".join(byte_map[b] for b in piece.encode("utf-8"))
             ids.extend(self.encoder[token] for token in self._bpe(word).split(" "))

@@ -66,7 +66,7 @@ class TextTower(nn.Module):
         x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:length, :length]))
         x = x[
             torch.arange(x.shape[0], device=x.device),
-            _pool_index(tokens, self.pool_type, self.eos_id),
+            _pool_index(tokens, self.pool_type or "argmax", self.eos_id),
         ]
         if t.text_projection is not None:
             proj = t.text_projection

@@ -204,7 +204,7 @@ def build_ivf(
     index = faiss.index_factory(vectors.dim, factory, faiss.METRIC_INNER_PRODUCT)
     sample_size = min(len(live_ids), max(32 * nlist, 20_000), 300_000)
     sample_ids = np.sort(rng.choice(live_ids, sample_size, replace=False))
-    sample = vectors.get(sample_ids, count, prefetch=True)
+    sample = vectors.get(sample_ids.tolist(), count, prefetch=True)
     index.train(sample)
     empty = faiss.clone_index(index)
     (directory / INDEX_DIR).mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,7 @@ def _decode(codes: Codes, vectors: VectorShards, ids: np.ndarray, count: int) ->
         return codes.decode(ids)
     out = np.empty((len(ids), vectors.dim), dtype=np.float32)
     out[coded] = codes.decode(ids[coded])
-    out[~coded] = vectors.get(ids[~coded], count)
+    out[~coded] = vectors.get(ids[~coded].tolist(), count)
     return out
 
 

@@ -39,7 +39,7 @@ class GuardedH11Protocol(H11Protocol):
         self.deadline_kind = ""
         self.idle_since: float | None = None  # waiting for a request (none yet or between two)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         """Make room under the connection cap, then give the client the head timeout."""
         super().connection_made(transport)
         self.idle_since = time.monotonic()
@@ -120,7 +120,7 @@ class GuardedH11Protocol(H11Protocol):
             if other is not self and getattr(other, "idle_since", None) is not None
         ]
         if idle:
-            oldest = min(idle, key=lambda other: other.idle_since)  # type: ignore[no-any-return]
+            oldest = min(idle, key=lambda other: other.idle_since)
             oldest.transport.close()
             oldest.connections.discard(oldest)  # counted out now, not when the loop gets to it
             return True

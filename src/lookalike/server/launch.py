@@ -53,7 +53,9 @@ class ServeConfig:
     def from_json(cls, text: str) -> ServeConfig:
         """Inverse of :meth:`to_json`."""
         data = json.loads(text)
-        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in data["settings"].items()}
+        settings: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data["settings"].items()
+        }
         return cls(
             data["collections"],
             ServerSettings(**settings),
@@ -82,3 +84,38 @@ def app_from_env() -> FastAPI:
     """
     die_with_parent(grace_seconds=WORKER_GRACE_SECONDS)
     return ServeConfig.from_json(os.environ[CONFIG_ENV]).build_app()
+
+
+def serve_one(app: FastAPI, settings: ServerSettings, host: str, port: int) -> None:
+    """Serve an app in this process until interrupted."""
+    import uvicorn
+
+    from .connections import uvicorn_options
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_options(settings))
+
+
+def serve_workers(config: ServeConfig, host: str, port: int, workers: int) -> None:
+    """Serve from ``workers`` processes, each rebuilding the app from ``config``, under
+    uvicorn's supervisor, over one listening socket with TCP_NODELAY set: the sockets that
+    workers accept inherit it, where uvicorn's own setup left Nagle's algorithm on and every
+    small answer waited 40 ms for a delayed ACK."""
+    import socket
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from .connections import uvicorn_options
+
+    os.environ[CONFIG_ENV] = config.to_json()
+    options = {"host": host, "port": port, "log_level": "warning"}
+    server_config = uvicorn.Config(
+        "lookalike.server.launch:app_from_env",
+        factory=True,
+        workers=workers,
+        **options,
+        **uvicorn_options(config.settings),
+    )
+    listening = server_config.bind_socket()
+    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(server_config, sockets=[listening]).run()

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import BadInputError
 
@@ -70,13 +71,13 @@ class ServerSettings:
         return chosen
 
     @classmethod
-    def with_env_keys(cls, **options: object) -> ServerSettings:
+    def with_env_keys(cls, **options: Any) -> ServerSettings:
         """Settings whose API keys also come from $LOOKALIKE_API_KEYS (comma-separated)."""
-        keys = tuple(options.pop("api_keys", ()) or ())  # type: ignore[arg-type]
+        keys: tuple[str, ...] = tuple(options.pop("api_keys", ()) or ())
         from_env = tuple(
             k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()
         )
-        return cls(api_keys=keys + from_env, **options)  # type: ignore[arg-type]
+        return cls(api_keys=keys + from_env, **options)
 
 
 def is_local_host(host: str) -> bool:
