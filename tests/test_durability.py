@@ -271,8 +271,8 @@ def test_adding_vectors_again_duplicates_nothing_and_verify_repairs_duplicate_ke
     assert again[0] == 3 and again[1] == 10
     assert len(collection) == 11
     # rows stored twice under one key, as racing writers of an older version left them
-    with collection.store.writing():
-        collection.store.add(
+    with collection.backend.store.writing():
+        collection.backend.store.add(
             [NewRow(f"https://example.com/{i}.jpg", f"h{i}", 0, 0, 0, np.eye(8)[0]) for i in (4, 5)]
         )
     report = collection.verify()

@@ -49,6 +49,12 @@ def api(collection: Collection) -> Iterator[TestClient]:
         yield client
 
 
+def assert_compat_refusal(response: httpx.Response, reason: str) -> None:
+    """A clip-retrieval route's refusal: 200 with [], the reason in X-Lookalike-Error."""
+    assert (response.status_code, response.json()) == (200, []), response.text[:300]
+    assert reason in response.headers["x-lookalike-error"]
+
+
 def assert_4xx(response: httpx.Response, status: int | None = None) -> dict[str, str]:
     """A client error in the project's JSON shape."""
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
@@ -70,10 +76,20 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 # --- bodies the parser or the database choked on --------------------------------------------
 
 
-@pytest.mark.parametrize("path", [SEARCH, ITEMS, "/knn-service", "/metadata"])
+@pytest.mark.parametrize("path", [SEARCH, ITEMS])
 def test_json_nested_100000_deep_is_a_400(api: TestClient, path: str, no_tracebacks: None) -> None:
     error = assert_4xx(api.post(path, content=DEEP), 400)
     assert "deep" in error["message"]
+    assert api.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/knn-service", "/metadata"])
+def test_json_nested_100000_deep_on_compat_routes_is_an_empty_answer(
+    api: TestClient, path: str, no_tracebacks: None
+) -> None:
+    """clip-retrieval's routes answer [] for what they cannot serve (its front end reads any
+    other body as results), saying why in a header: never a 500."""
+    assert_compat_refusal(api.post(path, content=DEEP), "deep")
     assert api.get("/health").status_code == 200
 
 
@@ -125,7 +141,7 @@ def test_booleans_are_not_ids(api: TestClient, body: dict[str, Any], no_tracebac
 
 
 def test_booleans_are_not_metadata_ids(api: TestClient, no_tracebacks: None) -> None:
-    assert_4xx(api.post("/metadata", json={"ids": [True]}))
+    assert_compat_refusal(api.post("/metadata", json={"ids": [True]}), "")
 
 
 def test_library_refuses_non_finite_out_of_range_and_odd_filters(collection: Collection) -> None:

@@ -27,10 +27,11 @@ QUERY_KINDS = ("text", "image", "url", "id", "vector")
 DEFAULT_K = 20
 MAX_K = 10_000  # the library's cap; a server may set a lower one
 MAX_PARTS = 64
-MAX_FILTER_KEYS = 1000
+MAX_FILTER_KEYS = 100
 MAX_TEXT = 2000
 MAX_VECTOR = 65_536
 ID_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 FilterValue = str | int | float | bool | None
 
 
@@ -262,11 +263,13 @@ def _check_part(part: QueryPart) -> None:
 
 
 def _check_vector(value: Any) -> None:
-    if hasattr(value, "dtype") and hasattr(value, "ndim"):  # an array: checked by its dtype
-        ok = value.ndim == 1 and value.dtype.kind in "fiu"
+    if hasattr(value, "dtype") and hasattr(value, "size"):  # an array: its shape is the
+        ok = value.dtype.kind in "fiu"  # collection's to judge (a wrong dimension)
+        size = int(value.size)
     else:
         ok = isinstance(value, (list, tuple)) and all(_is_real(x) for x in value)
-    if not ok or not 0 < len(value) <= MAX_VECTOR:
+        size = len(value) if ok else 0
+    if not ok or not 0 < size <= MAX_VECTOR:
         raise InvalidQueryError(f"a vector query must be a list of 1 to {MAX_VECTOR} numbers")
 
 
@@ -294,19 +297,27 @@ def _ids(values: Any, what: str) -> list[int]:
 
 
 def _check_filter(equals: Any) -> None:
+    """Filters hold what the row database can compare: a bad shape is off-schema (422), a
+    value it cannot take (NaN, beyond 64 bits, NUL, too many keys) a bad query (400)."""
     if not isinstance(equals, Mapping):
         raise InvalidQueryError("filter must map metadata keys to values")
     if len(equals) > MAX_FILTER_KEYS:
-        raise InvalidQueryError(f"a filter has at most {MAX_FILTER_KEYS} keys")
+        raise BadInputError(f"a filter has at most {MAX_FILTER_KEYS} keys, not {len(equals)}")
     for key, value in equals.items():
-        if not isinstance(key, str) or not key or "\0" in key:
-            raise InvalidQueryError(f"filter key {key!r:.60} must be a non-empty text without NUL")
+        if not isinstance(key, str) or not key:
+            raise BadInputError(f"filter keys must be non-empty strings, not {key!r:.60}")
+        if "\0" in key:
+            raise BadInputError(f"filter key {key!r:.60} contains NUL")
         if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidQueryError(f"filter value of {key!r} must be a finite number")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > ID_MAX:
-            raise InvalidQueryError(f"filter value of {key!r} is beyond 64-bit integers")
+            raise BadInputError(f"filter value of {key!r} must be a finite number")
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not INT64_MIN <= value <= ID_MAX
+        ):
+            raise BadInputError(f"filter value of {key!r} is beyond 64-bit integers")
         if isinstance(value, str) and "\0" in value:
-            raise InvalidQueryError(f"filter value of {key!r} contains NUL")
+            raise BadInputError(f"filter value of {key!r} contains NUL")
         if value is not None and not isinstance(value, (str, int, float)):
             raise InvalidQueryError(f"filter value of {key!r} must be a string, number or bool")
 

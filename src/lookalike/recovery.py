@@ -49,7 +49,9 @@ _COLUMNS = (
     "added_at",
     "deleted",
     "stale",
+    "removed",
 )
+_FLAGS = (9, 10, 11)  # deleted, stale, removed: they only ever go from 0 to 1
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,8 @@ def _sane(raw: sqlite3.Row) -> tuple | None:
     """The row's values in ``_COLUMNS`` order if each has a plausible type, else None (a
     damaged page can read back as values of the wrong kind)."""
     values = dict(zip(raw.keys(), tuple(raw), strict=True))
-    values.setdefault("stale", 0)  # a schema from before the column
+    values.setdefault("stale", 0)  # schemas from before these columns
+    values.setdefault("removed", 0)
     try:
         return _plausible(tuple(values[c] for c in _COLUMNS))
     except KeyError:
@@ -189,7 +192,7 @@ def _sane(raw: sqlite3.Row) -> tuple | None:
 def _plausible(row: tuple) -> tuple | None:
     """``row`` (values in ``_COLUMNS`` order) if each value has a plausible type, else None."""
     try:
-        ints = [row[0], row[3], row[4], row[5], row[9], row[10]]
+        ints = [row[0], row[3], row[4], row[5], *(row[i] for i in _FLAGS)]
         if not all(isinstance(v, int) for v in ints) or row[0] < 0:
             return None
         if not (isinstance(row[1], str) and row[1] and isinstance(row[2], str)):
@@ -209,7 +212,8 @@ def _add_scanned_rows(salvage: _Salvage, database: Path) -> None:
     say it was deleted or lost its vector win, as they only ever go from 0 to 1."""
     found: dict[int, tuple] = {}
     for rowid, values in _leaf_records(database):
-        if len(values) not in (len(_COLUMNS) - 1, len(_COLUMNS)) or rowid in salvage.rows:
+        # records of older schemas lack the newest flag columns
+        if not len(_COLUMNS) - 2 <= len(values) <= len(_COLUMNS) or rowid in salvage.rows:
             continue
         values = [rowid, *values[1:]] + [0] * (len(_COLUMNS) - len(values))
         row = _plausible(tuple(values))
@@ -217,7 +221,7 @@ def _add_scanned_rows(salvage: _Salvage, database: Path) -> None:
             continue
         if rowid in found:
             old = found[rowid]
-            row = (*row[:9], max(row[9], old[9]), max(row[10], old[10]))
+            row = (*row[:9], *(max(row[i], old[i]) for i in _FLAGS))
         found[rowid] = row
     salvage.rows.update(found)
 
@@ -369,7 +373,7 @@ def _write_database(path: Path, salvage: _Salvage) -> int:
         db.executemany(
             f"INSERT INTO items ({', '.join(_COLUMNS)}) VALUES ({marks})",
             (
-                salvage.rows.get(i) or (i, f"lost:{i}", "", 0, 0, 0, None, "{}", now, 1, 0)
+                salvage.rows.get(i) or (i, f"lost:{i}", "", 0, 0, 0, None, "{}", now, 1, 0, 0)
                 for i in range(count)
             ),
         )

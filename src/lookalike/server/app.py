@@ -273,15 +273,15 @@ def _require_images(images: list[bytes], names: list[str], limits: ImageLimits) 
 
 def _form_value(field: str, value: str) -> Any:
     """A form field's value: JSON for structured fields, numbers and flags parsed."""
+    if field in {"filter", "exclude_ids", "metadata"}:
+        return parse_json(value, f"form field {field!r}")
     try:
-        if field in {"filter", "exclude_ids", "metadata"}:
-            return parse_json(value, f"form field {field!r}")
         if field == "k":
             return int(value)
         if field == "dedupe":
             return float(value)
     except ValueError:
-        raise BadInputError(f"form field {field!r} is not valid: {value[:40]!r}") from None
+        raise BadInputError(f"form field {field!r} is not a number: {value[:40]!r}") from None
     if field == "include_self":
         return value.lower() in {"1", "true", "on", "yes"}
     return value
