@@ -122,7 +122,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
 
     @api.get("/", include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse((WEB / "index.html").read_text())
+        return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8"))
 
     @api.get("/health", response_model=HealthResponse)
     def health() -> HealthResponse:
