@@ -24,7 +24,7 @@ from ..fetch import is_url
 from ..imaging import ImageLimits, decode_image
 from ..query import OPTIONS, Query
 from ..types import Hit, Item
-from . import clip_front, compat, errors
+from . import clip_front, compat, curation, errors
 from .bodies import item_name, links, parse_json, read_json, relative_path
 from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
@@ -78,6 +78,7 @@ def create_app(
     errors.install(app)
     app.include_router(_api(served, metrics))
     app.include_router(compat.router(served))
+    app.include_router(curation.router(served))
     if settings.clip_front:
         clip_front.mount(app, served)
     app.mount("/static", StaticFiles(directory=str(WEB)), name="static")
@@ -150,8 +151,9 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
 
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
     def get_item(name: str, item_id: ItemId) -> ItemBody:
-        """One stored image's size, metadata and links."""
-        return _item_body(name, served[name].get(item_id), served.path_roots(name))
+        """One stored image's size, metadata, tags and links."""
+        body = _item_body(name, served[name].get(item_id), served.path_roots(name))
+        return body.model_copy(update={"tags": served[name].tags(item_id)})
 
     @api.get(
         "/v1/collections/{name}/items/{item_id}/image",
@@ -274,7 +276,7 @@ def _require_images(images: list[bytes], names: list[str], limits: ImageLimits) 
 def _form_value(field: str, value: str) -> Any:
     """A form field's value: JSON for structured fields, numbers and flags parsed."""
     try:
-        if field in {"filter", "exclude_ids", "metadata"}:
+        if field in {"filter", "exclude_ids", "metadata", "tags", "exclude_tags"}:
             return parse_json(value, f"form field {field!r}")
         if field == "k":
             return int(value)
@@ -334,6 +336,8 @@ _SEARCH_REQUEST_BODY = {
                     "exclude_ids": {"type": "string", "description": "JSON list"},
                     "include_self": {"type": "boolean"},
                     "dedupe": {"type": "number"},
+                    "tags": {"type": "string", "description": "JSON list"},
+                    "exclude_tags": {"type": "string", "description": "JSON list"},
                 },
             }
         },
