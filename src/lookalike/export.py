@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path, PurePath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import BadInputError
@@ -36,7 +36,24 @@ from .tags import check_tag
 from .types import Hit
 
 if TYPE_CHECKING:
-    from .collection import Collection
+    import numpy as np
+
+    from .backends import Backend
+
+
+class Collection(Protocol):
+    """What an export uses of :class:`lookalike.Collection` (named apart: no import circle)."""
+
+    model: str
+    path: Path
+    backend: Backend
+
+    def embed(self, query: Query) -> np.ndarray: ...
+
+    def search(self, query: Query) -> list[Hit]: ...
+
+    def tag(self, ids: Iterable[int], tag: str) -> int: ...
+
 
 FORMATS = ("json", "jsonl", "csv", "folder", "label-studio", "cvat", "fiftyone")
 STREAM_FORMATS = ("jsonl", "csv")  # formats a server can stream as one response
