@@ -24,7 +24,7 @@ from ..fetch import is_url
 from ..imaging import ImageLimits, decode_image
 from ..query import OPTIONS, Query
 from ..types import Hit, Item
-from . import clip_front, compat, errors
+from . import clip_front, compat, curation, errors
 from .bodies import item_name, links, parse_json, read_json, relative_path
 from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
@@ -51,6 +51,8 @@ WEB = resources.files("lookalike") / "web"
 ItemId = Annotated[int, FastAPIPath(ge=0, le=2**63 - 1, description="an image id")]
 THUMBNAIL_PROBE = 256
 SEARCH_FORM_FIELDS = tuple(sorted(OPTIONS - {"model"}))
+FORM_NUMBERS: dict[str, Any] = {"k": int, "dedupe": float, "diverse": float}
+FORM_TEXT = {"model"}
 
 
 def create_app(
@@ -78,6 +80,7 @@ def create_app(
     errors.install(app)
     app.include_router(_api(served, metrics))
     app.include_router(compat.router(served))
+    app.include_router(curation.router(served))
     if settings.clip_front:
         clip_front.mount(app, served)
     app.mount("/static", StaticFiles(directory=str(WEB)), name="static")
@@ -150,8 +153,9 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
 
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
     def get_item(name: str, item_id: ItemId) -> ItemBody:
-        """One stored image's size, metadata and links."""
-        return _item_body(name, served[name].get(item_id), served.path_roots(name))
+        """One stored image's size, metadata, tags and links."""
+        body = _item_body(name, served[name].get(item_id), served.path_roots(name))
+        return body.model_copy(update={"tags": served[name].tags(item_id)})
 
     @api.get(
         "/v1/collections/{name}/items/{item_id}/image",
@@ -272,19 +276,18 @@ def _require_images(images: list[bytes], names: list[str], limits: ImageLimits) 
 
 
 def _form_value(field: str, value: str) -> Any:
-    """A form field's value: JSON for structured fields, numbers and flags parsed."""
-    if field in {"filter", "exclude_ids", "metadata"}:
-        return parse_json(value, f"form field {field!r}")
-    try:
-        if field == "k":
-            return int(value)
-        if field == "dedupe":
-            return float(value)
-    except ValueError:
-        raise BadInputError(f"form field {field!r} is not a number: {value[:40]!r}") from None
+    """A form field's value: numbers and flags parsed, text as it is, and JSON for the
+    structured fields (lists and objects: filter, exclude_ids, tags, metadata, ...)."""
+    if field in FORM_TEXT:
+        return value
     if field == "include_self":
         return value.lower() in {"1", "true", "on", "yes"}
-    return value
+    if field in FORM_NUMBERS:
+        try:
+            return FORM_NUMBERS[field](value)
+        except ValueError:
+            raise BadInputError(f"form field {field!r} is not a number: {value[:40]!r}") from None
+    return parse_json(value, f"form field {field!r}")
 
 
 def _item_body(name: str, item: Item, roots: list[str] | None = None) -> ItemBody:
@@ -334,6 +337,8 @@ _SEARCH_REQUEST_BODY = {
                     "exclude_ids": {"type": "string", "description": "JSON list"},
                     "include_self": {"type": "boolean"},
                     "dedupe": {"type": "number"},
+                    "tags": {"type": "string", "description": "JSON list"},
+                    "exclude_tags": {"type": "string", "description": "JSON list"},
                 },
             }
         },
