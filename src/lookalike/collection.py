@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .adding import ImageAdding
 from .backends import Backend, open_backend
 from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import (
@@ -21,17 +21,15 @@ from .errors import (
     NotFoundError,
 )
 from .export import Exporting
-from .fetch import FetchError, FetchPolicy, fetch_all, fetch_each, is_url
+from .fetch import FetchPolicy, fetch_all, is_url
 from .imaging import ImageLimits, decode_image, to_model_input
-from .ingest import IngestOptions, Progress, add_new_keys, ingest, vector_rows
-from .layout import MANIFEST, UPLOADS_DIR, upload_path, write_atomic
+from .layout import MANIFEST, UPLOADS_DIR
 from .manifest import FORMAT_VERSION, new_manifest, read_manifest, write_manifest
 from .prepare import content_hash
 from .query import Query, QueryPart
-from .results import combine, dedupe, file_stat, hit_of, item_of, unit_vector
-from .sources import SourceItem, iter_source, source_roots
+from .results import combine, dedupe, hit_of, item_of, unit_vector
 from .tags import Tagging
-from .types import Hit, IngestReport, Item, Stats
+from .types import Hit, Item, Stats
 
 if TYPE_CHECKING:
     from .verify import VerifyReport
@@ -39,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lookalike")
 
 
-class Collection(Tagging, Exporting):
+class Collection(ImageAdding, Tagging, Exporting):
     """Images of one directory on disk, searchable by text, image, URL, id or vector.
 
     >>> col = Collection.create("./col")                   # doctest: +SKIP
@@ -151,39 +149,6 @@ class Collection(Tagging, Exporting):
 
     # -- writes ----------------------------------------------------------------------------
 
-    def add(
-        self,
-        source: str | os.PathLike[str] | Iterable[SourceItem],
-        *,
-        progress: Progress | None = None,
-        **options: Any,
-    ) -> IngestReport:
-        """Add the images of a folder, list file, CSV/Parquet manifest, URL or item stream.
-
-        Images already stored (same path or URL, unchanged) and copies of stored content
-        are skipped, so running it again adds only what is new.
-        """
-        if isinstance(source, (str, os.PathLike)):
-            return self._ingest(iter_source(source), source_roots(source), progress, options)
-        return self._ingest(source, [], progress, options)
-
-    def _ingest(
-        self,
-        items: Iterable[SourceItem],
-        roots: Sequence[str],
-        progress: Progress | None,
-        options: dict[str, Any],
-    ) -> IngestReport:
-        encoder = self.encoder  # loads the model before any lock is taken
-        if roots:
-            with self.backend.writing():
-                self.backend.add_roots(roots)
-        # ingest takes the writer lock per batch, so other writers (a server) interleave
-        report = ingest(self.backend, encoder, items, self._ingest_options(options), progress)
-        with self.backend.writing():
-            self.backend.keep_up()
-        return report
-
     def rebuild_index(
         self,
         kind: str = "auto",
@@ -202,135 +167,6 @@ class Collection(Tagging, Exporting):
         return self.backend.rebuild_index(
             kind, target_recall=target_recall, nlist=nlist, memory_budget=memory_budget
         )
-
-    def reembed(self, *, progress: Progress | None = None, **options: Any) -> IngestReport:
-        """Embed again the images whose vectors were lost (rows that ``verify(repair=True)``
-        marked stale), from their stored paths or URLs: each gets a new id and its old row is
-        dropped. Rows added as vectors cannot be embedded here and are reported as failed."""
-        items, failed = [], []
-        for row in self.backend.stale_rows():
-            if row.content_hash == content_hash(f"vector:{row.key}".encode()):
-                failed.append((row.key, "added as a vector: add it again with add_vectors"))
-            else:
-                items.append(SourceItem(row.key, row.metadata, *file_stat(row.key)))
-        report = self._ingest(items, [], progress, options) if items else IngestReport()
-        report.failed.extend(failed)
-        return report
-
-    def add_images(
-        self,
-        images: Sequence[str | os.PathLike[str] | bytes],
-        *,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        progress: Progress | None = None,
-        **options: Any,
-    ) -> IngestReport:
-        """Add images given as file paths, URLs or encoded bytes, each with optional metadata.
-
-        Bytes are kept in the collection's ``uploads/`` folder so they can be served later.
-        URLs not stored yet are fetched ``fetch_policy.parallel`` at a time, all within one
-        ``fetch_policy.deadline``; those it cuts short are reported as failed.
-        """
-        if metadata is not None and len(metadata) != len(images):
-            raise BadInputError(f"{len(images)} images but {len(metadata)} metadata entries")
-        items = []
-        roots: set[str] = set()  # folders of the files given, so they can be served
-        for image, meta in zip(images, metadata or [None] * len(images), strict=True):
-            locator = self._keep_upload(image) if isinstance(image, bytes) else os.fspath(image)
-            if "\0" in locator:
-                raise BadInputError(f"{locator!r} is not a usable path or URL (a NUL character)")
-            if not is_url(locator):
-                locator = str(Path(locator).resolve())
-                if not isinstance(image, bytes):
-                    roots.add(str(Path(locator).parent))
-            stat = file_stat(locator)
-            items.append(SourceItem(locator, dict(meta or {}), *stat))
-        return self._ingest(self._fetched(items), sorted(roots), progress, options)
-
-    def _fetched(self, items: list[SourceItem]) -> Iterator[SourceItem]:
-        """The items, each new URL's body (or why it could not be fetched) attached."""
-        new = [
-            index
-            for index, item in enumerate(items)
-            if is_url(item.locator) and self.backend.live_by_key(item.locator) is None
-        ]
-        bodies = fetch_each([items[index].locator for index in new], self.fetch_policy)
-        wanted = set(new)
-        for index, item in enumerate(items):
-            if index in wanted:  # bodies come in the order of `new`
-                body = next(bodies)
-                if isinstance(body, FetchError):
-                    item = replace(item, error=str(body))
-                else:
-                    item = replace(item, data=body)
-            yield item
-
-    def add_vectors(
-        self,
-        vectors: Any,
-        locators: Sequence[str],
-        *,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        sizes: Sequence[tuple[int, int]] | None = None,
-    ) -> list[int]:
-        """Add embeddings computed elsewhere (by this collection's model), one per locator.
-
-        Vectors are normalised; each locator (path or URL) becomes the row's key, and its
-        content hash is derived from the locator since no image bytes are read. A locator
-        stored already keeps its row (its id is returned), so adding again duplicates nothing.
-        """
-        rows = vector_rows(vectors, locators, self.dim, metadata, sizes)
-        with self.backend.writing():  # checked and added under the lock: writers may race
-            ids: list[int] = []
-            for start in range(0, len(rows), 100_000):
-                ids += add_new_keys(self.backend, rows[start : start + 100_000])
-            self.backend.keep_up()
-        return ids
-
-    def remove(
-        self,
-        ids: int | Iterable[int] = (),
-        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] = (),
-    ) -> int:
-        """Remove images by id (one or several) or by path/URL; returns how many were removed.
-
-        Nothing is removed when any of them is not stored: NotFoundError names those. A
-        removed image stays removed: adding its file again skips it unless the file changed
-        or ``include_removed=True`` is given to the add.
-        """
-        wanted = [ids] if isinstance(ids, (int, np.integer)) else list(ids)
-        for i in wanted:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-                raise BadInputError(f"ids must be integers (got {i!r:.40})")
-        wanted = [int(i) for i in wanted]
-        missing: list[str] = []
-        for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-            text = os.fspath(path)
-            row = self.backend.live_by_key(text if is_url(text) else str(Path(text).resolve()))
-            if row is None:
-                missing.append(text)
-            else:
-                wanted.append(row.id)
-        with self.backend.writing():
-            self.backend.refresh()
-            rows = self.backend.rows([i for i in set(wanted) if 0 <= i < self.backend.count])
-            missing += [str(i) for i in wanted if i not in rows or rows[i].deleted]
-            if missing:
-                raise NotFoundError(f"not stored, nothing removed: {', '.join(missing[:20])}")
-            return self.backend.remove(wanted)
-
-    def _ingest_options(self, options: dict[str, Any]) -> IngestOptions:
-        return IngestOptions(limits=self.limits, fetch_policy=self.fetch_policy, **options)
-
-    def _keep_upload(self, data: bytes) -> str:
-        # refuse non-images before keeping them; min_side lets big images decode downscaled
-        decode_image(data, limits=self.limits, min_side=self.encoder.image_size or None)
-        digest = content_hash(data)
-        target = upload_path(self.path, digest)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(target, data)
-        return str(target)
 
     # -- reads -----------------------------------------------------------------------------
 
