@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import BadInputError, NotFoundError
 from .fetch import FetchError, FetchPolicy, fetch_each, is_url
-from .imaging import ImageLimits, decode_image
+from .imaging import ImageLimits, check_image
 from .ingest import IngestOptions, Progress, add_new_keys, ingest, vector_rows
 from .layout import upload_path, write_atomic
 from .prepare import content_hash
@@ -109,8 +109,11 @@ class ImageAdding:
             raise BadInputError(f"{len(images)} images but {len(metadata)} metadata entries")
         items = []
         roots: set[str] = set()  # folders of the files given, so they can be served
+        kept: set[str] = set()  # uploads written now
         for image, meta in zip(images, metadata or [None] * len(images), strict=True):
-            locator = self._keep_upload(image) if isinstance(image, bytes) else os.fspath(image)
+            locator = (
+                self._keep_upload(image, kept) if isinstance(image, bytes) else os.fspath(image)
+            )
             if "\0" in locator:
                 raise BadInputError(f"{locator!r} is not a usable path or URL (a NUL character)")
             if not is_url(locator):
@@ -119,7 +122,11 @@ class ImageAdding:
                     roots.add(str(Path(locator).parent))
             stat = file_stat(locator)
             items.append(SourceItem(locator, dict(meta or {}), *stat))
-        return self._ingest(self._fetched(items), sorted(roots), progress, options)
+        report = self._ingest(self._fetched(items), sorted(roots), progress, options)
+        for locator, _ in report.failed:  # an upload that did not decode is not kept
+            if locator in kept and self.backend.live_by_key(locator) is None:
+                Path(locator).unlink(missing_ok=True)
+        return report
 
     def _fetched(self, items: list[SourceItem]) -> Iterator[SourceItem]:
         """The items, each new URL's body (or why it could not be fetched) attached."""
@@ -196,12 +203,14 @@ class ImageAdding:
     def _ingest_options(self, options: dict[str, Any]) -> IngestOptions:
         return IngestOptions(limits=self.limits, fetch_policy=self.fetch_policy, **options)
 
-    def _keep_upload(self, data: bytes) -> str:
-        # refuse non-images before keeping them; min_side lets big images decode downscaled
-        decode_image(data, limits=self.limits, min_side=self.encoder.image_size or None)
-        digest = content_hash(data)
-        target = upload_path(self.path, digest)
+    def _keep_upload(self, data: bytes, kept: set[str]) -> str:
+        """Keep uploaded bytes under their content hash (adding the path to ``kept`` when
+        written now), refused first if their headers are no image: the pixels are decoded
+        once, when the ingest prepares the kept file."""
+        check_image(data, limits=self.limits)
+        target = upload_path(self.path, content_hash(data))
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(target, data)
+            kept.add(str(target))
         return str(target)

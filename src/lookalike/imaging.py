@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, TiffImagePlugin, features
+from PIL import ExifTags, Image, ImageFile, TiffImagePlugin, features
 
 from .errors import ImageError
 
@@ -135,30 +135,9 @@ def decode_image(
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be at least 1, not {min_side}")
     raw = _read(data, limits.max_bytes)
-    if raw.startswith(_ICO_MAGIC):  # Pillow decodes an icon's largest frame while opening it
-        for frame_width, frame_height in _ico_frame_sizes(raw):
-            _check_bounds(frame_width, frame_height, limits, "an ICO frame of ")
-
-    try:
-        img = Image.open(io.BytesIO(raw), formats=_formats())
-    except Image.DecompressionBombError:
-        raise ImageError(_pillow_bomb_message(limits)) from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(_unidentified(raw)) from None
-    except Exception as exc:
-        raise ImageError(f"corrupt image header: {_reason(exc)}") from None
-
+    img = _open_checked(raw, limits)
     fmt = img.format or "image"
     width, height = img.size
-    _check_size(width, height, limits)
-    if fmt == "TIFF":
-        _check_tiles(img, limits)
-    if fmt in _CHEAP_FRAME_COUNT:
-        n_frames = getattr(img, "n_frames", 1)
-        if n_frames > limits.max_frames:
-            raise ImageError(
-                f"too many frames: {n_frames} exceeds the limit of {limits.max_frames}"
-            )
 
     try:
         if min_side is not None and fmt in _DRAFT_FORMATS:
@@ -193,6 +172,40 @@ def decode_image(
         if orientation >= 5:
             width, height = height, width
     return DecodedImage(image=rgb, width=width, height=height, format=fmt)
+
+
+def check_image(data: bytes, *, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[str, int, int]:
+    """(format, width, height) of image bytes, checked from their headers against ``limits``
+    without decoding the pixels; ImageError otherwise. A cheap gate for bytes that are kept
+    (uploads) before the one real decode, which may still find them truncated."""
+    with _open_checked(_read(data, limits.max_bytes), limits) as img:
+        return img.format or "image", img.width, img.height
+
+
+def _open_checked(raw: bytes, limits: ImageLimits) -> ImageFile.ImageFile:
+    """The image of ``raw`` opened (its headers read, no pixels decoded) and checked: every
+    frame's and tile's real size, the pixel and side limits, the frame count."""
+    if raw.startswith(_ICO_MAGIC):  # Pillow decodes an icon's largest frame while opening it
+        for frame_width, frame_height in _ico_frame_sizes(raw):
+            _check_bounds(frame_width, frame_height, limits, "an ICO frame of ")
+    try:
+        img = Image.open(io.BytesIO(raw), formats=_formats())
+    except Image.DecompressionBombError:
+        raise ImageError(_pillow_bomb_message(limits)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(_unidentified(raw)) from None
+    except Exception as exc:
+        raise ImageError(f"corrupt image header: {_reason(exc)}") from None
+    _check_size(*img.size, limits)
+    if img.format == "TIFF":
+        _check_tiles(img, limits)
+    if img.format in _CHEAP_FRAME_COUNT:
+        n_frames = getattr(img, "n_frames", 1)
+        if n_frames > limits.max_frames:
+            raise ImageError(
+                f"too many frames: {n_frames} exceeds the limit of {limits.max_frames}"
+            )
+    return img
 
 
 def to_model_input(image: Image.Image, size: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from .._version import __version__
 from ..collection import Collection
 from ..errors import BadInputError, ImageError
 from ..fetch import is_url
-from ..imaging import ImageLimits, decode_image
+from ..imaging import ImageLimits, check_image
 from ..query import OPTIONS, Query
 from ..types import Hit, Item
 from . import clip_front, compat, curation, errors
@@ -49,7 +49,6 @@ from .settings import ServerSettings
 
 WEB = resources.files("lookalike") / "web"
 ItemId = Annotated[int, FastAPIPath(ge=0, le=2**63 - 1, description="an image id")]
-THUMBNAIL_PROBE = 256
 SEARCH_FORM_FIELDS = tuple(sorted(OPTIONS - {"model"}))
 FORM_NUMBERS: dict[str, Any] = {"k": int, "dedupe": float, "diverse": float}
 FORM_TEXT = {"model"}
@@ -268,9 +267,11 @@ async def _add_body(
 
 
 def _require_images(images: list[bytes], names: list[str], limits: ImageLimits) -> None:
+    """Refuse an upload that is no image, naming the file, from its headers alone: the one
+    decode of its pixels is the ingest's."""
     for data, name in zip(images, names, strict=True):
         try:
-            decode_image(data, limits=limits, min_side=THUMBNAIL_PROBE)  # JPEGs: downscaled
+            check_image(data, limits=limits)
         except ImageError as error:
             raise ImageError(f"{name}: {error}") from None
 
