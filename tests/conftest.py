@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
-import socket
 import socketserver
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from PIL import Image
 
+from helpers import encode, serve_app  # noqa: F401  (re-exported for older imports)
 from lookalike.demo import draw_image
 
 if TYPE_CHECKING:
-    from lookalike.server import ServerSettings
+    pass
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -73,13 +69,6 @@ def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
         return made[arch]
 
     return make
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
-    """Image -> encoded bytes."""
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
 
 
 FORMATS = [
@@ -139,32 +128,3 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     server.shutdown()
     server.server_close()
     thread.join(5)
-
-
-@contextlib.contextmanager
-def serve_app(app: object, settings: ServerSettings | None = None) -> Iterator[str]:
-    """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL.
-    With ``settings``, uvicorn runs as ``lookalike serve`` runs it (connection limits, proxy
-    trust)."""
-    import uvicorn
-
-    from lookalike.server.connections import uvicorn_options
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    options = uvicorn_options(settings) if settings is not None else {}
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from conftest import draw_image, encode  # noqa: E402
+from helpers import draw_image, encode  # noqa: E402
 from lookalike import Collection, FetchError  # noqa: E402
 from lookalike.server import ServerSettings, create_app  # noqa: E402
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import encode
+from helpers import encode
 from lookalike import Collection
 from lookalike.cli import app, main
 from lookalike.demo import draw_image

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 import lookalike
-from conftest import encode
+from helpers import encode
 from lookalike import (
     APIError,
     AsyncClient,

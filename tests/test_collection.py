@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode
+from helpers import encode
 from lookalike import (
     BadInputError,
     Collection,

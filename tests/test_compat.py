@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import encode, serve_app
+from helpers import encode, serve_app
 from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.fetch import FetchPolicy

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from conftest import encode, serve_app
+from helpers import encode, serve_app
 from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.server.app import create_app

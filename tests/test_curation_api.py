@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import serve_app
+from helpers import serve_app
 from lookalike import APIError, AsyncClient, Client, Collection
 from lookalike.server import ServerSettings, create_app
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import encode
+from helpers import encode
 from lookalike import BadInputError, Collection, UnsupportedQueryError
 from lookalike.demo import draw_image
 from lookalike.encoders import Encoder, load_encoder

@@ -33,7 +33,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import encode
+from helpers import encode
 from lookalike import Collection, imaging
 from lookalike.demo import draw_image
 from lookalike.errors import ImageError

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import encode
+from helpers import encode
 from lookalike import Collection
 from lookalike.demo import draw_image
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import encode
+from helpers import encode
 from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.encoders import Encoder, load_encoder

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import encode, serve_app
+from helpers import encode, serve_app
 from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.imaging import ImageLimits

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import serve_app
+from helpers import serve_app
 from lookalike import BadInputError, Collection, cli
 from lookalike.server import ServerSettings, create_app
 

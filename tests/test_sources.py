@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import encode
+from helpers import encode
 from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.fetch import FetchPolicy

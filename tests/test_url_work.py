@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import encode, serve_app
+from helpers import encode, serve_app
 from lookalike import Collection
 from lookalike.demo import draw_image
 from lookalike.fetch import FetchPolicy

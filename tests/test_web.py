@@ -35,7 +35,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from conftest import encode, serve_app  # noqa: E402
+from helpers import encode, serve_app  # noqa: E402
 from lookalike import Collection  # noqa: E402
 from lookalike.fetch import FetchPolicy  # noqa: E402
 from lookalike.server.app import create_app  # noqa: E402
