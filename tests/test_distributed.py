@@ -158,6 +158,12 @@ def test_embed_then_import_equals_the_direct_ingest(
         with pytest.raises(ModelMismatchError, match="holds vectors of"):
             import_parquet(foreign, shards)
         assert len(foreign) == 0
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "part.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(BadInputError, match="not a readable Parquet file"):
+        import_parquet(col, tmp_path / "junk")
+    with pytest.raises(BadInputError, match="must be 1 or more"):
+        RayOptions(actors=0)
     with pytest.raises(BadInputError, match="no Parquet shards"):
         import_parquet(col, source)  # a folder of images, not shards
 

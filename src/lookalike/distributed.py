@@ -76,6 +76,14 @@ class RayOptions:
     gpus_per_actor: float | None = None  # [default: 1 when the cluster has GPUs, else 0]
     chunk: int = CHUNK
 
+    def __post_init__(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise BadInputError(f"Ray actors must be 1 or more (got {self.actors})")
+        if self.batch_size < 1 or self.chunk < 1:
+            raise BadInputError("the Ray batch size and chunk must be 1 or more")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise BadInputError(f"GPUs per actor must be 0 or more (got {self.gpus_per_actor})")
+
 
 @dataclass
 class EmbedReport:
@@ -192,7 +200,7 @@ def import_parquet(
 
     files = _shard_files(folder)
     for path in files:
-        _check_shard(pq.ParquetFile(path), path, collection.model, collection.dim)
+        _check_shard(_open_shard(path), path, collection.model, collection.dim)
     committer = Committer(collection.backend, collection._ingest_options(options), progress)
     roots = set()
     for path in files:
@@ -340,8 +348,6 @@ def _encoded_dataset(
 
 def _gpus_per_actor(ray: Any, ray_options: RayOptions) -> float:
     if ray_options.gpus_per_actor is not None:
-        if ray_options.gpus_per_actor < 0:
-            raise BadInputError("GPUs per actor must be 0 or more")
         return ray_options.gpus_per_actor
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
@@ -446,20 +452,22 @@ def _shard_files(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(files, key=_first_seq)  # source order, so duplicates resolve as add() does
 
 
-def _first_seq(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    seq = pq.ParquetFile(path).read(columns=["seq"]).column("seq") if _has_seq(path) else None
-    return int(seq[0].as_py()) if seq is not None and len(seq) else 0
-
-
-def _has_seq(path: Path) -> bool:
+def _open_shard(path: Path) -> Any:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return "seq" in pq.ParquetFile(path).schema_arrow.names
-    except Exception:  # unreadable: _check_shard names it
-        return False
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as error:
+        raise BadInputError(f"{path} is not a readable Parquet file: {error}") from error
+
+
+def _first_seq(path: Path) -> int:
+    shard = _open_shard(path)
+    if "seq" not in shard.schema_arrow.names:
+        return 0  # not a shard of ours: _check_shard names it
+    seq = shard.read(columns=["seq"]).column("seq")
+    return int(seq[0].as_py()) if len(seq) else 0
 
 
 def _check_shard(shard: Any, path: Path, model: str, dim: int) -> None:
