@@ -47,20 +47,20 @@ ThreadsOpt = Annotated[
 
 
 RayOpt = Annotated[
-    bool, typer.Option("--ray", help="Read, decode and encode on Ray (pip install lookalike[ray]).")
+    bool, typer.Option("--ray", help="Read, decode and encode on Ray (needs the `ray` extra).")
 ]
 RayAddressOpt = Annotated[
     str | None,
-    typer.Option(help="Ray cluster to join [default: RAY_ADDRESS, or a local Ray]."),
+    typer.Option(help="Ray cluster to join (default: RAY_ADDRESS, or a local Ray)."),
 ]
 RayActorsOpt = Annotated[
     int | None,
-    typer.Option(min=1, help="Encoder actors, one model each [default: GPUs, or 1]."),
+    typer.Option(min=1, help="Encoder actors, one model each (default: GPUs, or 1)."),
 ]
 RayBatchOpt = Annotated[int, typer.Option(min=1, help="Images per encoder call on Ray.")]
 RayGpusOpt = Annotated[
     float | None,
-    typer.Option(min=0, help="GPUs per encoder actor [default: 1 where the cluster has GPUs]."),
+    typer.Option(min=0, help="GPUs per encoder actor (default: 1 where the cluster has GPUs)."),
 ]
 
 
@@ -244,7 +244,7 @@ def embed(
         str, typer.Option("--out", help="Folder (or pyarrow URI) to write Parquet shards to.")
     ],
     model: Annotated[
-        str | None, typer.Option(help="Model spec [default: the CLIP default].")
+        str | None, typer.Option(help="Model spec (default: the CLIP default).")
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Local weights file for the model.")] = None,
     ray: RayOpt = True,  # accepted so that `embed SOURCE --ray --out DIR` reads as it runs
