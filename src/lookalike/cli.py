@@ -54,6 +54,49 @@ ExcludeTagsOpt = Annotated[
 ]
 
 
+RayOpt = Annotated[
+    bool, typer.Option("--ray", help="Read, decode and encode on Ray (needs the `ray` extra).")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster to join (default: RAY_ADDRESS, or a local Ray)."),
+]
+RayActorsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Encoder actors, one model each (default: GPUs, or 1)."),
+]
+RayBatchOpt = Annotated[int, typer.Option(min=1, help="Images per encoder call on Ray.")]
+RayGpusOpt = Annotated[
+    float | None,
+    typer.Option(min=0, help="GPUs per encoder actor (default: 1 where the cluster has GPUs)."),
+]
+
+
+def _ray_options(
+    address: str | None, actors: int | None, batch_size: int, gpus: float | None
+) -> Any:
+    from .distributed import RayOptions
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per Dataset run
+    return RayOptions(address, actors, batch_size, gpus)
+
+
+def _ray_add(
+    col: Any, address: str | None, actors: int | None, batch_size: int, gpus: float | None
+) -> Any:
+    """``col.add`` as run on Ray."""
+    from .distributed import ray_ingest
+
+    ray = _ray_options(address, actors, batch_size, gpus)
+
+    def add(source: str, **options: Any) -> Any:
+        options.pop("workers", None)  # decoding runs in Ray tasks
+        options.pop("batch_size", None)
+        return ray_ingest(col, source, ray=ray, **options)
+
+    return add
+
+
 def _open(path: Path, allow_private: bool = False, runtime: str = "auto") -> Any:
     from .collection import Collection
     from .fetch import FetchPolicy
@@ -114,10 +157,16 @@ def index(
             help="Retrain the vector index afterwards (kind chosen from the collection's size)."
         ),
     ] = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    ray_actors: RayActorsOpt = None,
+    ray_batch_size: RayBatchOpt = 64,
+    ray_gpus_per_actor: RayGpusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add the images of SOURCES to a collection; images already there are skipped. Images
-    whose vectors were lost (marked by `verify --repair`) are embedded again first."""
+    whose vectors were lost (marked by `verify --repair`) are embedded again first. With
+    --ray, reading, decoding and encoding run on a Ray cluster (docs/scale.md)."""
     sources = sources or []
     from .collection import Collection
     from .layout import MANIFEST
@@ -151,8 +200,11 @@ def index(
             if workers is not None:
                 options["workers"] = workers
             reports = [col.reembed(**options)]  # images whose vectors were lost, first
+            add = col.add
+            if ray:
+                add = _ray_add(col, ray_address, ray_actors, ray_batch_size, ray_gpus_per_actor)
             for source in sources:
-                report = col.add(source, progress=progress, **options)
+                report = add(source, progress=progress, **options)
                 reports.append(report)
                 progress.finish_source(report)
             kind = col.rebuild_index() if rebuild else col.stats().index
@@ -189,6 +241,84 @@ def index(
             f"skipped {summary['removed']} images removed earlier with `lookalike remove` "
             "(--include-removed adds them again)"
         )
+
+
+@app.command()
+def embed(
+    source: Annotated[
+        str, typer.Argument(help="Folder, list file (.txt), CSV/Parquet manifest, image or URL.")
+    ],
+    out_dir: Annotated[
+        str, typer.Option("--out", help="Folder (or pyarrow URI) to write Parquet shards to.")
+    ],
+    model: Annotated[
+        str | None, typer.Option(help="Model spec (default: the CLIP default).")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local weights file for the model.")] = None,
+    ray: RayOpt = True,  # accepted so that `embed SOURCE --ray --out DIR` reads as it runs
+    ray_address: RayAddressOpt = None,
+    ray_actors: RayActorsOpt = None,
+    ray_batch_size: RayBatchOpt = 64,
+    ray_gpus_per_actor: RayGpusOpt = None,
+    allow_private_urls: AllowPrivate = False,
+    runtime: RuntimeOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed the images of SOURCE on Ray into Parquet shards (vectors, sizes, hashes,
+    metadata, model spec), for a cluster that cannot reach the collection: add them to a
+    collection with `lookalike import`."""
+    from .distributed import embed_to_parquet
+    from .encoders import DEFAULT_MODEL
+    from .fetch import FetchPolicy
+
+    _count_items([source])  # a missing source fails here, before the model loads
+    report = embed_to_parquet(
+        source,
+        out_dir,
+        model=model or DEFAULT_MODEL,
+        weights=weights,
+        ray=_ray_options(ray_address, ray_actors, ray_batch_size, ray_gpus_per_actor),
+        runtime=runtime,
+        fetch_policy=FetchPolicy(allow_private=allow_private_urls),
+    )
+    if as_json:
+        failed = [{"source": s, "reason": r} for s, r in report.failed]
+        out.print_json(data={"rows": report.rows, "failed": failed, "model": report.model})
+        return
+    for locator, reason in report.failed:
+        err.print(f"[yellow]failed[/] {locator}: {reason}", highlight=False)
+    out.print(
+        f"wrote {report.rows} rows ({len(report.failed)} failed) of {report.model} "
+        f"to {report.out}; add them with `lookalike import {report.out} -c COLLECTION`",
+        highlight=False,
+    )
+
+
+@app.command("import")
+def import_shards(
+    folder: Annotated[Path, typer.Argument(help="Folder of shards written by `lookalike embed`.")],
+    collection: Annotated[Path, typer.Option("--collection", "-c", help="Collection directory.")],
+    strict: Annotated[bool, typer.Option(help="Stop at the first bad image.")] = False,
+    include_removed: Annotated[
+        bool,
+        typer.Option(help="Add again images removed with `lookalike remove` (skipped otherwise)."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add the Parquet shards of `lookalike embed` to a collection of the same model."""
+    from .distributed import import_parquet
+
+    with _open(collection) as col:
+        report = import_parquet(col, folder, strict=strict, include_removed=include_removed)
+    if as_json:
+        out.print_json(data=report.to_dict() | {"ids": None})
+        return
+    for source, reason in report.failed:
+        err.print(f"[yellow]skipped[/] {source}: {reason}", highlight=False)
+    out.print(
+        f"added {report.added}, unchanged {report.unchanged}, duplicates {report.duplicates}, "
+        f"replaced {report.replaced}, failed {len(report.failed)} in {report.seconds:.1f} s"
+    )
 
 
 @app.command()

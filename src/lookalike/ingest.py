@@ -73,36 +73,75 @@ def ingest(
     progress: Progress | None = None,
 ) -> IngestReport:
     """Add every new image of ``items`` to ``store``, committing batch by batch."""
-    report = IngestReport()
-    started = time.monotonic()
-    batch: list[PreparedImage] = []
-    replaced: list[int] = []
-    batch_hashes: set[str] = set()
+    committer = Committer(store, options, progress, encode=encoder.encode_images)
+    in_flight: deque[Future] = deque()
+    window = options.batch_size * 2 + options.workers * 8
+    with _executor(options.workers) as pool:
+        try:
+            for item in items:
+                if item.error:
+                    committer.take(Failure(item, item.error))
+                elif not committer.skip_unread(item):
+                    in_flight.append(
+                        pool.submit(
+                            prepare, item, encoder.image_size, options.limits, options.fetch_policy
+                        )
+                    )
+                    while len(in_flight) >= window or (in_flight and in_flight[0].done()):
+                        committer.take(in_flight.popleft().result())
+            while in_flight:
+                committer.take(in_flight.popleft().result())
+        finally:
+            for future in in_flight:
+                future.cancel()
+    return committer.finish()
 
-    def flush() -> None:
-        vectors: Any = encoder.encode_images(np.stack([p.pixels for p in batch])) if batch else []
-        with store.writing():  # held per batch, so other writers interleave with an ingest
-            # decided again under the lock: another writer may have stored some since take()
-            rows, replaces = _still_new(store, batch, vectors, replaced, report, options)
-            # one transaction: a crash never leaves a changed file's old and new rows both live
-            report.ids += store.add(rows, replaces=replaces)
-        report.added += len(rows)
-        report.replaced += len(replaces)
-        batch.clear()
-        replaced.clear()
-        batch_hashes.clear()
 
-    def fail(item: SourceItem, reason: str) -> None:
-        if options.strict:
-            raise BadInputError(f"{item.locator or 'manifest'}: {reason}")
-        log.warning("skipped %s: %s", item.locator or "manifest row", reason)
-        report.failed.append((item.locator, reason))
+class Committer:
+    """The one step every ingest path ends in: take prepared (and maybe already encoded)
+    items, judge each unchanged, removed, a duplicate or new, and commit the new ones batch
+    by batch under the writer lock. The single-process ingest, the Ray ingest and the
+    Parquet import all feed it, so they store the same rows and count alike."""
 
-    def take(result: PreparedImage | Failure) -> None:
-        if isinstance(result, Failure):
-            fail(result.item, result.reason)
+    def __init__(
+        self,
+        store: Backend,
+        options: IngestOptions,
+        progress: Progress | None = None,
+        encode: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.progress = progress
+        self.encode = encode  # for items taken without a vector
+        self.report = IngestReport()
+        self._started = time.monotonic()
+        self._batch: list[PreparedImage] = []
+        self._vectors: list[np.ndarray | None] = []
+        self._replaced: list[int] = []
+        self._batch_hashes: set[str] = set()
+
+    def skip_unread(self, item: SourceItem) -> bool:
+        """Count and skip an item stored already, or removed by a user, judged by its path,
+        size and mtime before it is read; whether it was skipped."""
+        if _unchanged(self.store, item):
+            self.report.unchanged += 1
+        elif not self.options.include_removed and _removed(self.store, item):
+            self.report.removed += 1
         else:
-            kind, old = _classify(store, result, batch_hashes, options.include_removed)
+            return False
+        self._tick()
+        return True
+
+    def take(self, result: PreparedImage | Failure, vector: np.ndarray | None = None) -> None:
+        """Judge one prepared item (its vector given, or computed when its batch is stored)."""
+        report = self.report
+        if isinstance(result, Failure):
+            self._fail(result.item, result.reason)
+        else:
+            kind, old = _classify(
+                self.store, result, self._batch_hashes, self.options.include_removed
+            )
             if kind == "unchanged":
                 report.unchanged += 1
             elif kind == "removed":
@@ -110,51 +149,57 @@ def ingest(
             elif kind == "duplicate":
                 report.duplicates += 1
                 if old is not None:  # the path now holds a copy of another stored image
-                    replaced.append(old)
+                    self._replaced.append(old)
             else:  # what it replaces is looked up again when the batch is stored
-                batch.append(result)
-                batch_hashes.add(result.content_hash)
-            if len(batch) >= options.batch_size:
-                flush()
-        report.seconds = time.monotonic() - started
-        if progress:
-            progress(report)
+                self._batch.append(result)
+                self._vectors.append(vector)
+                self._batch_hashes.add(result.content_hash)
+            if len(self._batch) >= self.options.batch_size:
+                self.flush()
+        self._tick()
 
-    in_flight: deque[Future] = deque()
-    window = options.batch_size * 2 + options.workers * 8
-    with _executor(options.workers) as pool:
-        try:
-            for item in items:
-                if item.error:
-                    take(Failure(item, item.error))
-                    continue
-                if _unchanged(store, item):
-                    report.unchanged += 1
-                elif not options.include_removed and _removed(store, item):
-                    report.removed += 1
-                else:
-                    in_flight.append(
-                        pool.submit(
-                            prepare, item, encoder.image_size, options.limits, options.fetch_policy
-                        )
-                    )
-                    while len(in_flight) >= window or (in_flight and in_flight[0].done()):
-                        take(in_flight.popleft().result())
-                    continue
-                if progress:
-                    progress(report)
-                continue
-            while in_flight:
-                take(in_flight.popleft().result())
-            flush()
-            report.seconds = time.monotonic() - started
-            if progress:  # the last partial batch, so a progress display reaches the total
-                progress(report)
-        finally:
-            for future in in_flight:
-                future.cancel()
-    report.seconds = time.monotonic() - started
-    return report
+    def flush(self) -> None:
+        """Store the batch waiting (and the rows its duplicates replace)."""
+        batch, report = self._batch, self.report
+        vectors = self._batch_vectors()
+        with self.store.writing():  # held per batch, so other writers interleave with an ingest
+            # decided again under the lock: another writer may have stored some since take()
+            rows, replaces = _still_new(
+                self.store, batch, vectors, self._replaced, report, self.options
+            )
+            # one transaction: a crash never leaves a changed file's old and new rows both live
+            report.ids += self.store.add(rows, replaces=replaces)
+        report.added += len(rows)
+        report.replaced += len(replaces)
+        batch.clear()
+        self._vectors.clear()
+        self._replaced.clear()
+        self._batch_hashes.clear()
+
+    def finish(self) -> IngestReport:
+        """Store the last partial batch; the report of the run."""
+        self.flush()
+        self._tick()  # so a progress display reaches the total
+        return self.report
+
+    def _batch_vectors(self) -> list[Any]:
+        if not self._batch:
+            return []
+        if all(v is not None for v in self._vectors):
+            return self._vectors
+        assert self.encode is not None, "items without vectors need an encoder"
+        return list(self.encode(np.stack([p.pixels for p in self._batch])))
+
+    def _fail(self, item: SourceItem, reason: str) -> None:
+        if self.options.strict:
+            raise BadInputError(f"{item.locator or 'manifest'}: {reason}")
+        log.warning("skipped %s: %s", item.locator or "manifest row", reason)
+        self.report.failed.append((item.locator, reason))
+
+    def _tick(self) -> None:
+        self.report.seconds = time.monotonic() - self._started
+        if self.progress:
+            self.progress(self.report)
 
 
 def _classify(
