@@ -88,6 +88,12 @@ class Backend(Protocol):
         each (n_queries, k); missing slots hold id -1 and score -inf.
         """
 
+    def allowed_ids(
+        self, *, filter: Mapping[str, Any] | None = None, exclude_ids: Iterable[int] = ()
+    ) -> np.ndarray:
+        """Ids of every live row with a readable vector that :meth:`search` with the same
+        restrictions may return, ascending (what a count scores)."""
+
     # -- writes: inside ``writing()`` --------------------------------------------------------
     def writing(self) -> AbstractContextManager[Any]:
         """Hold the collection's single writer lock (across processes)."""

@@ -116,6 +116,13 @@ class EmbeddedBackend:
         allowed = self._allowed(filter, list(exclude_ids))
         return self.index.search(queries, k, view.count, allowed)
 
+    def allowed_ids(
+        self, *, filter: Mapping[str, Any] | None = None, exclude_ids: Iterable[int] = ()
+    ) -> np.ndarray:
+        """See :class:`~lookalike.backends.Backend`."""
+        allowed = self._allowed(filter, list(exclude_ids))  # deleted covers lost vectors
+        return np.flatnonzero(~self.store.view().deleted if allowed is None else allowed)
+
     def _allowed(self, filter: Mapping[str, Any] | None, excluded: list[int]) -> np.ndarray | None:
         """Mask over ids of the rows a search may return; None when every row may."""
         view = self.store.view()
