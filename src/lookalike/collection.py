@@ -17,6 +17,7 @@ from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import (
     BadInputError,
     CollectionError,
+    InvalidQueryError,
     LookalikeError,
     ModelMismatchError,
     NotFoundError,
@@ -408,7 +409,9 @@ class Collection:
         cosines, or with relevance feedback on both sides the model's probability.
         """
         if not _is_score(min_score):
-            raise BadInputError(f"min_score must be a number from -1 to 1 (got {min_score!r:.40})")
+            raise InvalidQueryError(
+                f"min_score must be a number from -1 to 1 (got {min_score!r:.40})"
+            )
         for name, value in (("exact_limit", exact_limit), ("sample_size", sample_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BadInputError(f"{name} must be a positive integer")

@@ -11,9 +11,10 @@ the row is relevant (0-1). Marked with relevant ids only, the search is by the n
 of the positives (the query vector and each relevant vector), as ``id=[...]`` is.
 
 Diversity: ``diverse=λ`` re-ranks a pool of candidates by maximal marginal relevance, each
-pick maximising ``(1 - λ) * relevance - λ * (highest cosine to a row already picked)``, with
-relevance scaled to 0-1 over the pool; λ=0 keeps the relevance order, λ=1 spreads the
-results as far apart as the pool allows (the best row still comes first).
+pick maximising ``(1 - λ) * score - λ * (highest cosine to a row already picked)``, the score
+being the hit's own (a cosine, or the model's probability); λ=0 keeps the relevance order,
+λ=1 spreads the results as far apart as the pool allows (the best row still comes first).
+Near-copies give way to other rows once λ passes 0.5, sooner the closer the copies are.
 
 Counts: how many rows score at least ``min_score`` for a query, exactly (every row a search
 may return is scored) up to ``EXACT_LIMIT`` rows, else estimated from a uniform sample, with
@@ -229,8 +230,6 @@ def diversify(
         return found[:k]
     stored = vectors([i for i, _ in found]).astype(np.float32)
     relevance = np.array([s for _, s in found], dtype=np.float64)
-    spread = relevance.max() - relevance.min()
-    relevance = (relevance - relevance.min()) / spread if spread > 0 else np.ones(len(found))
     nearest = np.full(len(found), -np.inf)  # highest cosine to a picked row
     free = np.ones(len(found), dtype=bool)
     picked: list[int] = []

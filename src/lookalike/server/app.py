@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 
 from .._version import __version__
 from ..collection import Collection
-from ..errors import BadInputError, ImageError
+from ..errors import BadInputError, ImageError, InvalidQueryError
 from ..fetch import is_url
 from ..imaging import ImageLimits, decode_image
 from ..query import OPTIONS, Query
@@ -34,6 +34,8 @@ from .schemas import (
     AddUrlsBody,
     CollectionBody,
     CollectionsResponse,
+    CountBody,
+    CountResponse,
     DeleteResponse,
     FailedBody,
     HealthResponse,
@@ -147,6 +149,27 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
             took_ms=round((time.perf_counter() - started) * 1000, 3),
             model=collection.model,
         )
+
+    @api.post(
+        "/v1/collections/{name}/count",
+        response_model=CountResponse,
+        openapi_extra={"requestBody": _COUNT_REQUEST_BODY},
+    )
+    async def count(name: str, request: Request) -> CountResponse:
+        """How many images score at least ``min_score`` for a search body: exact up to a
+        size, else estimated from a sample with a 95 % interval."""
+        collection = served[name]
+        body = await read_json(request)
+        if not isinstance(body, Mapping) or "min_score" not in body:
+            raise InvalidQueryError("a count body is a search body with min_score (-1 to 1)")
+        body = dict(body)
+        min_score = body.pop("min_score")
+        query = served.query(body)
+        started = time.perf_counter()
+        run = served.url_work.run if query.fetches else run_in_threadpool
+        counted = await run(functools.partial(collection.count, query, min_score=min_score))
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        return CountResponse(**counted.to_dict(), took_ms=took_ms)
 
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
     def get_item(name: str, item_id: ItemId) -> ItemBody:
@@ -274,11 +297,11 @@ def _require_images(images: list[bytes], names: list[str], limits: ImageLimits) 
 def _form_value(field: str, value: str) -> Any:
     """A form field's value: JSON for structured fields, numbers and flags parsed."""
     try:
-        if field in {"filter", "exclude_ids", "metadata"}:
+        if field in {"filter", "exclude_ids", "metadata", "relevant", "irrelevant"}:
             return parse_json(value, f"form field {field!r}")
         if field == "k":
             return int(value)
-        if field == "dedupe":
+        if field in {"dedupe", "diverse"}:
             return float(value)
     except ValueError:
         raise BadInputError(f"form field {field!r} is not valid: {value[:40]!r}") from None
@@ -339,6 +362,10 @@ _SEARCH_REQUEST_BODY = {
         },
     },
 }
+_COUNT_REQUEST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountBody"}}},
+}
 _ADD_REQUEST_BODY = {
     "required": True,
     "content": {
@@ -366,7 +393,7 @@ def _document_bodies(app: FastAPI, names: list[str]) -> None:
         if app.openapi_schema is None:
             spec = generate()
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (SearchBody, AddUrlsBody, KnnServiceBody, MetadataBody):
+            for model in (SearchBody, CountBody, AddUrlsBody, KnnServiceBody, MetadataBody):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
