@@ -42,10 +42,10 @@ VectorsFn = Callable[[Sequence[int]], np.ndarray]
 
 BACKGROUND_MIN = 64  # random rows added as negatives: 4 per mark, at least this many...
 BACKGROUND_MAX = 4096  # ...and at most this many
-BACKGROUND_WEIGHT = 0.5  # a random row counts half a marked irrelevant one (it may be relevant)
+BACKGROUND_WEIGHT = 0.2  # a random row counts less than a marked irrelevant one: it may be relevant
 BACKGROUND_SEED = 0
 NEWTON_STEPS = 12
-RIDGE = 1.0  # L2 penalty on the weights, relative to the total sample weight of 2 classes
+RIDGE = 0.3  # L2 penalty on the weights, relative to the total sample weight of 2 classes
 POOL_WIDE = 2000  # candidates around the centroid and along w: max(this, 50 k) each...
 POOL_PER_POSITIVE = 200  # ...and around each positive: max(this, 5 k) each
 POOL_POSITIVES = 64  # positives searched around, at most
