@@ -22,7 +22,7 @@ from lookalike.types import IngestReport
 
 ray = pytest.importorskip("ray")
 
-from conftest import serve_app  # noqa: E402
+from helpers import serve_app  # noqa: E402
 from lookalike.distributed import (  # noqa: E402
     RayOptions,
     embed_to_parquet,

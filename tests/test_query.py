@@ -159,3 +159,10 @@ def test_no_import_cycles_inside_the_package() -> None:
 
     cycles = [c for c in (cycle_from(m) for m in sorted(graph)) if c]
     assert not cycles, f"import circles: {cycles[:3]}"
+
+
+def test_tests_share_helpers_through_a_module_not_conftest() -> None:
+    """`from conftest import` is ambiguous once a folder has a conftest of its own."""
+    tests = Path(__file__).resolve().parent
+    offenders = [p.name for p in tests.rglob("*.py") if "from conftest import" in p.read_text()]
+    assert not offenders, offenders

@@ -20,7 +20,7 @@ from .errors import (
     UnsupportedQueryError,
 )
 from .query import Query, QueryPart
-from .types import Hit, IngestReport, Item
+from .types import Hit, IngestReport, Item, MatchCount
 
 if TYPE_CHECKING:
     from .client import APIError, AsyncClient, Client
@@ -56,6 +56,7 @@ __all__ = [
     "InvalidQueryError",
     "Item",
     "LookalikeError",
+    "MatchCount",
     "ModelMismatchError",
     "NotFoundError",
     "Query",

@@ -97,6 +97,24 @@ def _ray_add(
     return add
 
 
+RelevantOpt = Annotated[
+    list[int] | None,
+    typer.Option("--relevant", help="Id marked relevant (repeatable): relevance feedback."),
+]
+IrrelevantOpt = Annotated[
+    list[int] | None, typer.Option("--irrelevant", help="Id marked irrelevant (repeatable).")
+]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Ask a lookalike server at this URL; COLLECTION is then its collection name."
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option(envvar="LOOKALIKE_API_KEY", help="API key for --server.")
+]
+
+
 def _open(path: Path, allow_private: bool = False, runtime: str = "auto") -> Any:
     from .collection import Collection
     from .fetch import FetchPolicy
@@ -348,16 +366,15 @@ def search(
     include_self: Annotated[bool, typer.Option(help="Keep --id images in results.")] = False,
     with_tag: TagsOpt = None,
     exclude_tag: ExcludeTagsOpt = None,
+    relevant: RelevantOpt = None,
+    irrelevant: IrrelevantOpt = None,
+    diverse: Annotated[
+        float | None,
+        typer.Option(help="0 (relevance order) to 1 (most varied): spread the results."),
+    ] = None,
     allow_private_urls: AllowPrivate = False,
-    server: Annotated[
-        str | None,
-        typer.Option(
-            help="Ask a lookalike server at this URL; COLLECTION is then its collection name."
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option(envvar="LOOKALIKE_API_KEY", help="API key for --server.")
-    ] = None,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
     runtime: RuntimeOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -375,6 +392,9 @@ def search(
         include_self=include_self,
         tags=with_tag or (),
         exclude_tags=exclude_tag or (),
+        relevant=relevant or [],
+        irrelevant=irrelevant or [],
+        diverse=diverse,
     )
     empty_reason = "the server found nothing: check --filter and --exclude-id"
     with _naming_the_image(image):
@@ -398,6 +418,75 @@ def search(
     for rank, hit in enumerate(hits, start=1):
         table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), hit.locator)
     out.print(table)
+
+
+@app.command()
+def count(
+    collection: CollectionArg,
+    min_score: Annotated[
+        float, typer.Option("--min-score", help="Count images scoring at least this (-1 to 1).")
+    ],
+    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
+    url: Annotated[str | None, typer.Option(help="Query image URL.")] = None,
+    id: Annotated[
+        list[int] | None, typer.Option("--id", help="Indexed image id (repeatable).")
+    ] = None,
+    vector: Annotated[
+        str | None,
+        typer.Option(help="Raw vector: comma-separated numbers, or a .npy / .json file."),
+    ] = None,
+    filter: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="Metadata equality, KEY=VALUE (repeatable)."),
+    ] = None,
+    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
+    include_self: Annotated[bool, typer.Option(help="Count --id images too.")] = False,
+    relevant: RelevantOpt = None,
+    irrelevant: IrrelevantOpt = None,
+    with_tag: TagsOpt = None,
+    exclude_tag: ExcludeTagsOpt = None,
+    allow_private_urls: AllowPrivate = False,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    runtime: RuntimeOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """How many images score at least --min-score for a query (the options of `search`):
+    exact up to 200,000 images, else estimated from a sample with a 95 % interval."""
+    query = Query.build(
+        text=text,
+        url=url,
+        image=_read_file(image) if image is not None else None,
+        id=id or None,
+        vector=_read_vector(vector) if vector else None,
+        filter=_parse_filters(filter or []),
+        exclude_ids=exclude_id or [],
+        include_self=include_self,
+        relevant=relevant or [],
+        irrelevant=irrelevant or [],
+        tags=with_tag or (),
+        exclude_tags=exclude_tag or (),
+    )
+    with _naming_the_image(image):
+        if server:
+            from .client import Client
+
+            with Client(server, api_key) as remote:
+                counted = remote.count(str(collection), query, min_score=min_score)
+        else:
+            with _open(collection, allow_private_urls, runtime) as col:
+                counted = col.count(query, min_score=min_score)
+    if as_json:
+        out.print_json(data=counted.to_dict())
+    elif counted.exact:
+        out.print(f"{counted.estimate} of {counted.total} images (exact)", highlight=False)
+    else:
+        out.print(
+            f"about {counted.estimate} of {counted.total} images (95 %: {counted.low}-"
+            f"{counted.high}; from a sample of {counted.sampled})",
+            highlight=False,
+        )
 
 
 @contextlib.contextmanager

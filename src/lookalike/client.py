@@ -22,7 +22,7 @@ import httpx
 from ._version import __version__
 from .errors import LookalikeError
 from .query import Query, image_bytes
-from .types import Hit, IngestReport, Item
+from .types import Hit, IngestReport, Item, MatchCount
 
 DEFAULT_TIMEOUT = 30.0
 RETRIES = 2  # on connection errors only: a request the server may have run is never repeated
@@ -117,6 +117,17 @@ class _Call(Generic[T]):
 def _search(collection: str, query: Any, options: dict[str, Any]) -> _Call[list[Hit]]:
     body = Query.build(query, **options).to_json()
     return _Call("POST", f"/v1/collections/{collection}/search", _hits, {"json": body})
+
+
+def _count(
+    collection: str, query: Any, min_score: float, options: dict[str, Any]
+) -> _Call[MatchCount]:
+    body = {**Query.build(query, **options).to_json(), "min_score": min_score}
+    return _Call("POST", f"/v1/collections/{collection}/count", _match_count, {"json": body})
+
+
+def _match_count(base: httpx.URL, payload: dict[str, Any]) -> MatchCount:
+    return MatchCount(**{f: payload[f] for f in MatchCount.__dataclass_fields__})
 
 
 def _get(collection: str, id: int) -> _Call[Item]:
@@ -257,6 +268,13 @@ class Client(_BaseClient[httpx.Client]):
         list, ``vector=``, ``query=`` parts, ``k``, ``filter``, ``exclude_ids``, ...)."""
         return self._run(_search(collection, query, options))
 
+    def count(
+        self, collection: str, query: Any = None, *, min_score: float, **options: Any
+    ) -> MatchCount:
+        """How many images score at least ``min_score`` for a search (the arguments of
+        :meth:`search`): see ``Collection.count``."""
+        return self._run(_count(collection, query, min_score, options))
+
     def get(self, collection: str, id: int) -> Item:
         """One stored image."""
         return self._run(_get(collection, id))
@@ -351,6 +369,12 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         """Search a collection (see :meth:`Client.search`)."""
         return await self._run(_search(collection, query, options))
 
+    async def count(
+        self, collection: str, query: Any = None, *, min_score: float, **options: Any
+    ) -> MatchCount:
+        """How many images score at least ``min_score`` (see :meth:`Client.count`)."""
+        return await self._run(_count(collection, query, min_score, options))
+
     async def get(self, collection: str, id: int) -> Item:
         """One stored image."""
         return await self._run(_get(collection, id))
@@ -404,6 +428,10 @@ class RemoteCollection:
         """See ``Collection.search``."""
         return self.client.search(self.name, query, **options)
 
+    def count(self, query: Any = None, *, min_score: float, **options: Any) -> MatchCount:
+        """See ``Collection.count``."""
+        return self.client.count(self.name, query, min_score=min_score, **options)
+
     def get(self, id: int) -> Item:
         """See ``Collection.get``."""
         return self.client.get(self.name, id)
@@ -452,6 +480,10 @@ class AsyncRemoteCollection:
     async def search(self, query: Any = None, **options: Any) -> list[Hit]:
         """See ``Collection.search``."""
         return await self.client.search(self.name, query, **options)
+
+    async def count(self, query: Any = None, *, min_score: float, **options: Any) -> MatchCount:
+        """See ``Collection.count``."""
+        return await self.client.count(self.name, query, min_score=min_score, **options)
 
     async def get(self, id: int) -> Item:
         """See ``Collection.get``."""

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import curation
 from .adding import ImageAdding
 from .backends import Backend, open_backend
 from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import (
     BadInputError,
     CollectionError,
+    InvalidQueryError,
     LookalikeError,
     ModelMismatchError,
     NotFoundError,
@@ -29,7 +31,7 @@ from .prepare import content_hash
 from .query import Query, QueryPart
 from .results import combine, dedupe, hit_of, item_of, unit_vector
 from .tags import Tagging
-from .types import Hit, Item, Stats
+from .types import Hit, Item, MatchCount, Stats
 
 if TYPE_CHECKING:
     from .verify import VerifyReport
@@ -214,24 +216,84 @@ class Collection(ImageAdding, Tagging, Exporting):
         holding any (:meth:`tag`); ids used as queries are left out unless ``include_self``;
         ``dedupe`` (a cosine such as 0.95) drops results nearly identical to a better one;
         ``model`` (a spec) makes a raw vector query fail unless it names the collection's model.
+        ``relevant`` / ``irrelevant`` (ids; with or without other parts) rank by a model of
+        these marks (relevance feedback), and leave the marked ids out; ``diverse`` (0-1)
+        trades relevance for variety among the results (see :mod:`lookalike.curation`).
         """
         query = Query.build(query, **options)
-        query_vector = self._query_vector(query)
-        depth = query.k * 4 if query.dedupe else query.k
-        scores, ids = self.backend.search(
-            query_vector[None, :],
-            depth,
-            filter=query.filter,
-            exclude_ids=[*query.exclude_ids, *query.query_ids],
-            tags=query.tags,
-            exclude_tags=query.exclude_tags,
-        )
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        depth = curation.pool_depth(query.k, bool(query.dedupe), query.diverse)
+        search = self._restricted_search(query)
+        found = curation.ranked(self._scorer(query), query.k, depth, search, self.backend.vectors)
         if query.dedupe:
-            found = dedupe(found, query.dedupe, self.backend.vectors, query.k)
+            found = dedupe(found, query.dedupe, self.backend.vectors, len(found))
+        if query.diverse:
+            found = curation.diversify(found, self.backend.vectors, query.k, query.diverse)
         found = found[: query.k]
         rows = self.backend.rows([i for i, _ in found])
         return [hit_of(rows[i], score) for i, score in found]
+
+    def count(
+        self,
+        query: Query | Iterable[Mapping[str, Any] | QueryPart] | None = None,
+        *,
+        min_score: float,
+        exact_limit: int = curation.EXACT_LIMIT,
+        sample_size: int = curation.COUNT_SAMPLE,
+        **options: Any,
+    ) -> MatchCount:
+        """How many rows score at least ``min_score`` for a query given as to :meth:`search`
+        (its ``filter``, exclusions and marks apply; ``k``, ``dedupe`` and ``diverse`` do not).
+
+        Up to ``exact_limit`` rows are all scored (``exact``); past it, a uniform sample of
+        ``sample_size`` is, and the estimate comes with a 95 % Wilson interval (``low``,
+        ``high``). Scores are
+        cosines, or with relevance feedback on both sides the model's probability.
+        """
+        if not _is_score(min_score):
+            raise InvalidQueryError(
+                f"min_score must be a number from -1 to 1 (got {min_score!r:.40})"
+            )
+        for name, value in (("exact_limit", exact_limit), ("sample_size", sample_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BadInputError(f"{name} must be a positive integer")
+        query = Query.build(query, **options)
+        scorer = self._scorer(query)
+        allowed = self.backend.allowed_ids(**self._restrictions(query))
+        return curation.count_matching(
+            scorer, allowed, self.backend.vectors, float(min_score), exact_limit, sample_size
+        )
+
+    def _restrictions(self, query: Query) -> dict[str, Any]:
+        """Which rows a query's results may hold, as ``Backend.search`` takes it: its filter,
+        and its exclusions, query ids and marked ids left out."""
+        left_out = [*query.exclude_ids, *query.query_ids, *query.relevant, *query.irrelevant]
+        return {
+            "filter": query.filter,
+            "exclude_ids": left_out,
+            "tags": query.tags,
+            "exclude_tags": query.exclude_tags,
+        }
+
+    def _restricted_search(self, query: Query) -> curation.SearchFn:
+        restrictions = self._restrictions(query)
+        return lambda vectors, depth: self.backend.search(vectors, depth, **restrictions)
+
+    def _scorer(self, query: Query) -> curation.Scorer:
+        """How a query ranks rows: cosine to its vector, or a model of its relevance marks."""
+        query_vector = self._query_vector(query) if query.parts else None
+        if not query.relevant and not query.irrelevant:
+            assert query_vector is not None  # a query without marks has parts
+            return curation.Scorer(query_vector)
+        self.backend.refresh()
+        marked = curation.marked_vectors(self.backend, [*query.relevant, *query.irrelevant])
+        relevant, irrelevant = marked[: len(query.relevant)], marked[len(query.relevant) :]
+        leave_out = [*query.relevant, *query.irrelevant]
+        return curation.feedback_scorer(
+            query_vector,
+            relevant,
+            irrelevant,
+            lambda n: curation.background(self.backend, n, leave_out),
+        )
 
     def _query_vector(self, query: Query) -> np.ndarray:
         dim = self._check_model(query.model)
@@ -302,6 +364,14 @@ class Collection(ImageAdding, Tagging, Exporting):
     def roots(self) -> list[str]:
         """Folders the collection's files were indexed from (plus its uploads)."""
         return [*self.backend.roots(), str((self.path / UPLOADS_DIR).resolve())]
+
+
+def _is_score(value: Any) -> bool:
+    return bool(
+        isinstance(value, (int, float, np.floating))
+        and not isinstance(value, bool)
+        and -1 <= value <= 1  # NaN fails this too
+    )
 
 
 __all__ = ["Collection", "LookalikeError", "Stats"]

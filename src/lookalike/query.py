@@ -4,9 +4,10 @@ A query holds weighted parts, one query kind each (text, image, url, id, vector)
 parts combine into one vector: the weighted sum of their unit vectors, normalised; a negative
 weight pushes results away from that part ("like this, but not like that"). The options
 (``k``, ``filter``, ``exclude_ids``, ``include_self``, ``dedupe``, ``model``, ``tags``,
-``exclude_tags``) say which rows may
-come back and how many. The library, the HTTP API, the client, the CLI and the clip-retrieval
-routes all build this one value, so a search option is defined and checked only here.
+``exclude_tags``) say which rows may come back and how many; ``relevant`` / ``irrelevant``
+(relevance feedback) and ``diverse`` shape the ranking (:mod:`lookalike.curation`). The
+library, the HTTP API, the client, the CLI and the clip-retrieval routes all build this one
+value, so a search option is defined and checked only here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MAX_PARTS = 64
 MAX_FILTER_KEYS = 100
 MAX_TEXT = 2000
 MAX_VECTOR = 65_536
+MAX_MARKS = 5000  # relevance-feedback marks on each side
 ID_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 FilterValue = str | int | float | bool | None
@@ -62,10 +64,16 @@ class Query:
     model: str | None = None
     tags: tuple[str, ...] = ()  # rows must hold every one
     exclude_tags: tuple[str, ...] = ()  # rows holding any one are left out
+    relevant: tuple[int, ...] = ()
+    irrelevant: tuple[int, ...] = ()
+    diverse: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.parts:
-            raise InvalidQueryError(f"give a query: one of {', '.join(QUERY_KINDS)}")
+        if not self.parts and not self.relevant:
+            raise InvalidQueryError(
+                f"give a query: one of {', '.join(QUERY_KINDS)}, or relevant ids"
+                + (" (irrelevant marks alone say nothing to look for)" if self.irrelevant else "")
+            )
         if len(self.parts) > MAX_PARTS:
             raise InvalidQueryError(f"a query has at most {MAX_PARTS} parts")
         for part in self.parts:
@@ -86,6 +94,11 @@ class Query:
                 object.__setattr__(self, name, check_tags(getattr(self, name), name))
             except BadInputError as error:
                 raise InvalidQueryError(str(error)) from None
+        _check_marks(self.relevant, self.irrelevant)
+        if self.diverse is not None and (
+            not _is_number(self.diverse) or not 0 <= self.diverse <= 1
+        ):
+            raise InvalidQueryError("diverse must be a number from 0 (relevance) to 1 (diversity)")
 
     @classmethod
     def build(
@@ -95,7 +108,8 @@ class Query:
         ``image=``, ``url=``, ``id=`` one or a list for "more like these", ``vector=``) and/or
         ``query``, a list of parts such as ``{"text": "a cat", "weight": 0.5}``; plus options
         (``k=``, ``filter=``, ``exclude_ids=``, ``include_self=``, ``dedupe=``, ``model=``,
-        ``tags=``, ``exclude_tags=``).
+        ``tags=``, ``exclude_tags=``, ``relevant=``, ``irrelevant=``, ``diverse=``). Relevant
+        ids alone are a query too.
 
         A ``Query`` given as ``query`` comes back with the options given replacing its own.
         """
@@ -103,15 +117,17 @@ class Query:
         unknown = set(arguments) - OPTIONS
         if unknown:
             raise InvalidQueryError(f"unknown search argument(s): {', '.join(sorted(unknown))}")
-        if "exclude_ids" in arguments:
-            arguments["exclude_ids"] = tuple(_ids(arguments["exclude_ids"] or (), "exclude_ids"))
+        for name in ID_LISTS:
+            if name in arguments:
+                arguments[name] = tuple(_ids(arguments[name] or (), name))
         if isinstance(query, Query):
             if any(value is not None for value in kinds.values()):
                 raise InvalidQueryError(
                     "give the query parts in the Query or as arguments, not both"
                 )
             return replace(query, **arguments)
-        return cls(tuple(parse_parts(query, **kinds)), **arguments)
+        # no parts is checked by __post_init__: relevance marks alone are a query
+        return cls(tuple(parse_parts(query, required=False, **kinds)), **arguments)
 
     @property
     def fetches(self) -> bool:
@@ -127,7 +143,7 @@ class Query:
         """A JSON-ready dict that :meth:`from_json` reads back; images become base64 (a file
         path is read, a PIL image is encoded as PNG). Options left at their default are
         omitted."""
-        body: dict[str, Any] = {"query": [_part_json(p) for p in self.parts]}
+        body: dict[str, Any] = {"query": [_part_json(p) for p in self.parts]} if self.parts else {}
         for option in fields(self):
             if option.name == "parts":
                 continue
@@ -155,20 +171,26 @@ class Query:
         parts = [_part_from_json(p) for p in raw_parts or []]
         parts += [_part_from_json({k: body[k]}) for k in QUERY_KINDS if body.get(k) is not None]
         options = {name: body[name] for name in OPTIONS if body.get(name) is not None}
-        if "exclude_ids" in options:
-            options["exclude_ids"] = tuple(_ids(options["exclude_ids"], "exclude_ids"))
+        for name in ID_LISTS:
+            if name in options:
+                options[name] = tuple(_ids(options[name], name))
         return cls(tuple(parts), **options)
 
 
 OPTIONS = frozenset(f.name for f in fields(Query)) - {"parts"}
+ID_LISTS = ("exclude_ids", "relevant", "irrelevant")
 
 
 def parse_parts(
-    query: Iterable[Mapping[str, Any] | QueryPart] | None = None, **kinds: Any
+    query: Iterable[Mapping[str, Any] | QueryPart] | None = None,
+    *,
+    required: bool = True,
+    **kinds: Any,
 ) -> list[QueryPart]:
     """Parts from keyword arguments (``text=...``, ``id=[1, 2]``) and/or a list of dicts.
 
-    Each dict holds exactly one query kind and an optional ``weight``.
+    Each dict holds exactly one query kind and an optional ``weight``. Without ``required``,
+    no part at all is no error (relevance marks alone are a query).
     """
     parts: list[QueryPart] = []
     for kind, value in kinds.items():
@@ -187,7 +209,7 @@ def parse_parts(
         raise InvalidQueryError('query must be a list of parts such as [{"text": "a cat"}]')
     for entry in query or []:
         parts.append(entry if isinstance(entry, QueryPart) else _part_from_mapping(entry))
-    if not parts:
+    if not parts and required:
         raise InvalidQueryError(f"give a query: one of {', '.join(QUERY_KINDS)}")
     for part in parts:
         _check_part(part)
@@ -304,6 +326,18 @@ def _ids(values: Any, what: str) -> list[int]:
     for i in ids:
         _check_id(i, what)
     return ids
+
+
+def _check_marks(relevant: tuple[int, ...], irrelevant: tuple[int, ...]) -> None:
+    for name, ids in (("relevant", relevant), ("irrelevant", irrelevant)):
+        if len(ids) > MAX_MARKS:
+            raise InvalidQueryError(f"{name} holds at most {MAX_MARKS} ids")
+        for i in ids:
+            _check_id(i, name)
+    both = sorted(set(relevant) & set(irrelevant))
+    if both:
+        shown = ", ".join(map(str, both[:20])) + (", ..." if len(both) > 20 else "")
+        raise InvalidQueryError(f"ids marked both relevant and irrelevant: {shown}")
 
 
 def _check_filter(equals: Any) -> None:

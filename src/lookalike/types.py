@@ -79,3 +79,21 @@ class Stats:
     index: str
     bytes_on_disk: int
     format: int
+
+
+@dataclass(frozen=True)
+class MatchCount:
+    """How many rows score at least a threshold for a query: ``estimate`` within [``low``,
+    ``high``] (a 95 % interval; all three equal when ``exact``), from ``sampled`` rows scored
+    out of ``total`` rows the query may match."""
+
+    estimate: int
+    low: int
+    high: int
+    exact: bool
+    sampled: int
+    total: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)

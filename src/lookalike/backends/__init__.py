@@ -100,6 +100,17 @@ class Backend(Protocol):
     def tag_counts(self) -> dict[str, int]:
         """Every tag live rows hold, and how many hold it."""
 
+    def allowed_ids(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        exclude_ids: Iterable[int] = (),
+        tags: Sequence[str] = (),
+        exclude_tags: Sequence[str] = (),
+    ) -> np.ndarray:
+        """Ids of every live row with a readable vector that :meth:`search` with the same
+        restrictions may return, ascending (what a count scores)."""
+
     # -- writes: inside ``writing()`` --------------------------------------------------------
     def writing(self) -> AbstractContextManager[Any]:
         """Hold the collection's single writer lock (across processes)."""

@@ -118,6 +118,19 @@ class EmbeddedBackend:
         allowed = self._allowed(filter, list(exclude_ids), tags, exclude_tags)
         return self.index.search(queries, k, view.count, allowed)
 
+    def allowed_ids(
+        self,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        exclude_ids: Iterable[int] = (),
+        tags: Sequence[str] = (),
+        exclude_tags: Sequence[str] = (),
+    ) -> np.ndarray:
+        """See :class:`~lookalike.backends.Backend`."""
+        allowed = self._allowed(filter, list(exclude_ids), tags, exclude_tags)
+        # deleted covers lost vectors too
+        return np.flatnonzero(~self.store.view().deleted if allowed is None else allowed)
+
     def _allowed(
         self,
         filter: Mapping[str, Any] | None,

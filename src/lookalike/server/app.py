@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 
 from .._version import __version__
 from ..collection import Collection
-from ..errors import BadInputError, ImageError
+from ..errors import BadInputError, ImageError, InvalidQueryError
 from ..fetch import is_url
 from ..imaging import ImageLimits, check_image
 from ..query import OPTIONS, Query
@@ -34,6 +34,8 @@ from .schemas import (
     AddUrlsBody,
     CollectionBody,
     CollectionsResponse,
+    CountBody,
+    CountResponse,
     DeleteResponse,
     FailedBody,
     HealthResponse,
@@ -149,6 +151,27 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
             took_ms=round((time.perf_counter() - started) * 1000, 3),
             model=collection.model,
         )
+
+    @api.post(
+        "/v1/collections/{name}/count",
+        response_model=CountResponse,
+        openapi_extra={"requestBody": _COUNT_REQUEST_BODY},
+    )
+    async def count(name: str, request: Request) -> CountResponse:
+        """How many images score at least ``min_score`` for a search body: exact up to a
+        size, else estimated from a sample with a 95 % interval."""
+        collection = served[name]
+        body = await read_json(request)
+        if not isinstance(body, Mapping) or "min_score" not in body:
+            raise InvalidQueryError("a count body is a search body with min_score (-1 to 1)")
+        body = dict(body)
+        min_score = body.pop("min_score")
+        query = served.query(body)
+        started = time.perf_counter()
+        run = served.url_work.run if query.fetches else run_in_threadpool
+        counted = await run(functools.partial(collection.count, query, min_score=min_score))
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        return CountResponse(**counted.to_dict(), took_ms=took_ms)
 
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
     def get_item(name: str, item_id: ItemId) -> ItemBody:
@@ -345,6 +368,10 @@ _SEARCH_REQUEST_BODY = {
         },
     },
 }
+_COUNT_REQUEST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountBody"}}},
+}
 _ADD_REQUEST_BODY = {
     "required": True,
     "content": {
@@ -372,7 +399,7 @@ def _document_bodies(app: FastAPI, names: list[str]) -> None:
         if app.openapi_schema is None:
             spec = generate()
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (SearchBody, AddUrlsBody, KnnServiceBody, MetadataBody):
+            for model in (SearchBody, CountBody, AddUrlsBody, KnnServiceBody, MetadataBody):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..query import MAX_PARTS
+from ..query import MAX_MARKS, MAX_PARTS
 
 MetadataValue = str | int | float | bool | None
 NAME_DOC = "the image's file name, or the last segment of its URL"
@@ -74,6 +74,37 @@ class SearchBody(QueryKinds):
     exclude_tags: list[TagName] = Field(
         default_factory=list, max_length=100, description="leave out rows holding any of these tags"
     )
+    relevant: list[ImageId] = Field(
+        default_factory=list,
+        max_length=MAX_MARKS,
+        description="ids marked relevant (relevance feedback; a query on their own)",
+    )
+    irrelevant: list[ImageId] = Field(
+        default_factory=list, max_length=MAX_MARKS, description="ids marked irrelevant"
+    )
+    diverse: float | None = Field(
+        None, ge=0, le=1, description="0: relevance order ... 1: most varied results (MMR)"
+    )
+
+
+class CountBody(SearchBody):
+    """A count: a search body (``k``, ``dedupe`` and ``diverse`` are ignored) and the least
+    score that counts."""
+
+    min_score: float = Field(..., ge=-1, le=1, description="count rows scoring at least this")
+
+
+class CountResponse(BaseModel):
+    """How many rows score at least ``min_score``: exact, or estimated from a sample with a
+    95 % interval."""
+
+    estimate: int
+    low: int
+    high: int
+    exact: bool
+    sampled: int = Field(description="rows scored")
+    total: int = Field(description="rows the query may match (filter, exclusions applied)")
+    took_ms: float
 
 
 class HitBody(BaseModel):
