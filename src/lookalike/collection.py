@@ -29,6 +29,7 @@ from .prepare import content_hash
 from .query import Query, QueryPart
 from .results import combine, dedupe, file_stat, hit_of, item_of, unit_vector
 from .sources import SourceItem, iter_source, source_roots
+from .tags import Tagging
 from .types import Hit, IngestReport, Item, Stats
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lookalike")
 
 
-class Collection:
+class Collection(Tagging):
     """Images of one directory on disk, searchable by text, image, URL, id or vector.
 
     >>> col = Collection.create("./col")                   # doctest: +SKIP
@@ -370,9 +371,10 @@ class Collection:
         ``{"text": "police car"}, {"id": 7, "weight": -0.5}``. Parts combine as the
         normalised weighted sum of their vectors. ``k`` (default 20); ``filter`` keeps rows
         whose metadata equals each given value; ``exclude_ids`` drops ids (e.g. already
-        labeled); ids used as queries are left out unless ``include_self``; ``dedupe`` (a
-        cosine such as 0.95) drops results nearly identical to a better one; ``model`` (a
-        spec) makes a raw vector query fail unless it names the collection's model.
+        labeled); ``tags`` keeps rows holding all these tags, ``exclude_tags`` drops rows
+        holding any (:meth:`tag`); ids used as queries are left out unless ``include_self``;
+        ``dedupe`` (a cosine such as 0.95) drops results nearly identical to a better one;
+        ``model`` (a spec) makes a raw vector query fail unless it names the collection's model.
         """
         query = Query.build(query, **options)
         query_vector = self._query_vector(query)
@@ -382,6 +384,8 @@ class Collection:
             depth,
             filter=query.filter,
             exclude_ids=[*query.exclude_ids, *query.query_ids],
+            tags=query.tags,
+            exclude_tags=query.exclude_tags,
         )
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         if query.dedupe:

@@ -3,7 +3,8 @@
 A query holds weighted parts, one query kind each (text, image, url, id, vector). Several
 parts combine into one vector: the weighted sum of their unit vectors, normalised; a negative
 weight pushes results away from that part ("like this, but not like that"). The options
-(``k``, ``filter``, ``exclude_ids``, ``include_self``, ``dedupe``, ``model``) say which rows may
+(``k``, ``filter``, ``exclude_ids``, ``include_self``, ``dedupe``, ``model``, ``tags``,
+``exclude_tags``) say which rows may
 come back and how many. The library, the HTTP API, the client, the CLI and the clip-retrieval
 routes all build this one value, so a search option is defined and checked only here.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError, InvalidQueryError
+from .tags import check_tags
 
 QUERY_KINDS = ("text", "image", "url", "id", "vector")
 DEFAULT_K = 20
@@ -57,6 +59,8 @@ class Query:
     include_self: bool = False
     dedupe: float | None = None
     model: str | None = None
+    tags: tuple[str, ...] = ()  # rows must hold every one
+    exclude_tags: tuple[str, ...] = ()  # rows holding any one are left out
 
     def __post_init__(self) -> None:
         if not self.parts:
@@ -76,6 +80,11 @@ class Query:
             raise InvalidQueryError("dedupe must be a cosine similarity in (0, 1]")
         if self.model is not None and not isinstance(self.model, str):
             raise InvalidQueryError("model must be a model spec string")
+        for name in ("tags", "exclude_tags"):
+            try:
+                object.__setattr__(self, name, check_tags(getattr(self, name), name))
+            except BadInputError as error:
+                raise InvalidQueryError(str(error)) from None
 
     @classmethod
     def build(
@@ -84,7 +93,8 @@ class Query:
         """A query from the arguments of ``Collection.search``: query kinds (``text=``,
         ``image=``, ``url=``, ``id=`` one or a list for "more like these", ``vector=``) and/or
         ``query``, a list of parts such as ``{"text": "a cat", "weight": 0.5}``; plus options
-        (``k=``, ``filter=``, ``exclude_ids=``, ``include_self=``, ``dedupe=``, ``model=``).
+        (``k=``, ``filter=``, ``exclude_ids=``, ``include_self=``, ``dedupe=``, ``model=``,
+        ``tags=``, ``exclude_tags=``).
 
         A ``Query`` given as ``query`` comes back with the options given replacing its own.
         """

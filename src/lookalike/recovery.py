@@ -139,6 +139,7 @@ class _Salvage:
     meta: dict[str, str] = field(default_factory=dict)
     roots: list[str] | None = None  # None: unreadable
     stored_vectors: int = 0
+    tags: list[tuple[str, int]] = field(default_factory=list)  # (tag, id) pairs readable
 
 
 def _salvage(db: sqlite3.Connection, stored_vectors: int) -> _Salvage:
@@ -149,6 +150,8 @@ def _salvage(db: sqlite3.Connection, stored_vectors: int) -> _Salvage:
         found.meta = {str(r[0]): str(r[1]) for r in db.execute("SELECT key, value FROM meta")}
     with suppress(sqlite3.DatabaseError):
         found.roots = [str(r[0]) for r in db.execute("SELECT path FROM roots")]
+    with suppress(sqlite3.DatabaseError):  # a database from before tags has no such table
+        found.tags = [(str(r[0]), int(r[1])) for r in db.execute("SELECT tag, id FROM tags")]
     upto = max(stored_vectors, _int(found.meta.get("vector_count")) or 0)
     with suppress(sqlite3.DatabaseError):
         upto = max(upto, int(db.execute("SELECT MAX(id) FROM items").fetchone()[0] or 0) + 1)
@@ -381,6 +384,10 @@ def _write_database(path: Path, salvage: _Salvage) -> int:
                 {str(Path(r[1]).parent) for r in salvage.rows.values() if not is_url(r[1])}
             )
         db.executemany("INSERT OR IGNORE INTO roots VALUES (?)", [(r,) for r in roots])
+        db.executemany(
+            "INSERT OR IGNORE INTO tags VALUES (?, ?)",
+            [(tag, i) for tag, i in salvage.tags if i in salvage.rows],
+        )
         db.execute("COMMIT")
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())

@@ -71,6 +71,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE items ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX items_removed_key ON items (key) WHERE removed = 1;
     """,
+    # tags: names users give rows ("labeled", "exported:batch-3"), for curation and searches
+    """
+    CREATE TABLE tags (tag TEXT NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (tag, id))
+        WITHOUT ROWID;
+    CREATE INDEX tags_id ON tags (id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -585,6 +591,7 @@ class Store:
                 "UPDATE items SET deleted = 1, removed = 1 WHERE id = ? AND deleted = 0",
                 [(i,) for i in ids],
             ).rowcount
+            self._db.executemany("DELETE FROM tags WHERE id = ?", [(i,) for i in ids])
         self.refresh()
         return changed
 
@@ -613,6 +620,59 @@ class Store:
         """Remember folders whose files the collection may serve."""
         with self._transaction():
             self._db.executemany("INSERT OR IGNORE INTO roots VALUES (?)", [(p,) for p in paths])
+
+    # -- tags ------------------------------------------------------------------------------
+
+    def tag(self, ids: Sequence[int], tag: str) -> int:
+        """Give live rows a tag; returns how many did not have it yet."""
+        self._require_lock()
+        with self._transaction():
+            return self._db.executemany(
+                "INSERT OR IGNORE INTO tags SELECT ?, id FROM items WHERE id = ? AND deleted = 0",
+                [(tag, int(i)) for i in ids],
+            ).rowcount
+
+    def untag(self, ids: Sequence[int], tag: str) -> int:
+        """Take a tag from rows; returns how many had it."""
+        self._require_lock()
+        with self._transaction():
+            return self._db.executemany(
+                "DELETE FROM tags WHERE tag = ? AND id = ?", [(tag, int(i)) for i in ids]
+            ).rowcount
+
+    def tags_of(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        """The sorted tags of each of these ids that has any."""
+        out: dict[int, list[str]] = {}
+        ids = [int(i) for i in ids]
+        for begin in range(0, len(ids), 500):
+            chunk = ids[begin : begin + 500]
+            marks = ",".join("?" * len(chunk))
+            for i, tag in self._select(
+                f"SELECT id, tag FROM tags WHERE id IN ({marks}) ORDER BY tag", chunk
+            ):
+                out.setdefault(i, []).append(tag)
+        return out
+
+    def tagged(self, tags: Sequence[str], *, every: bool = True) -> np.ndarray:
+        """Ids of live rows holding every one (or, with ``every=False``, any) of the tags."""
+        if not tags:
+            return np.zeros(0, dtype=np.int64)
+        marks = ",".join("?" * len(tags))
+        having = f"HAVING COUNT(*) = {len(set(tags))}" if every else ""
+        found = self._select(
+            f"SELECT t.id FROM tags AS t JOIN items AS i ON i.id = t.id WHERE i.deleted = 0 "
+            f"AND t.tag IN ({marks}) GROUP BY t.id {having} ORDER BY t.id",
+            list(tags),
+        )
+        return np.asarray([r[0] for r in found], dtype=np.int64)
+
+    def tag_counts(self) -> dict[str, int]:
+        """Every tag in use and how many live rows hold it, by name."""
+        found = self._select(
+            "SELECT t.tag, COUNT(*) FROM tags AS t JOIN items AS i ON i.id = t.id "
+            "WHERE i.deleted = 0 GROUP BY t.tag ORDER BY t.tag"
+        )
+        return {str(tag): int(n) for tag, n in found}
 
     def _require_lock(self) -> None:
         if self._lock_file is None:

@@ -80,13 +80,25 @@ class Backend(Protocol):
         *,
         filter: Mapping[str, Any] | None = None,
         exclude_ids: Iterable[int] = (),
+        tags: Sequence[str] = (),
+        exclude_tags: Sequence[str] = (),
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` live rows by inner product for each query row, best first.
 
-        Only rows whose metadata equals each ``filter`` value, and not in ``exclude_ids``,
-        are candidates: k results come back whenever k rows qualify. Returns (scores, ids),
-        each (n_queries, k); missing slots hold id -1 and score -inf.
+        Only rows whose metadata equals each ``filter`` value, holding every one of ``tags``,
+        none of ``exclude_tags``, and not in ``exclude_ids``, are candidates: k results come
+        back whenever k rows qualify. Returns (scores, ids), each (n_queries, k); missing
+        slots hold id -1 and score -inf.
         """
+
+    def tags_of(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        """The sorted tags of each of these ids that has any."""
+
+    def tagged(self, tag: str) -> list[int]:
+        """Ids of live rows holding ``tag``, in id order."""
+
+    def tag_counts(self) -> dict[str, int]:
+        """Every tag live rows hold, and how many hold it."""
 
     # -- writes: inside ``writing()`` --------------------------------------------------------
     def writing(self) -> AbstractContextManager[Any]:
@@ -96,7 +108,14 @@ class Backend(Protocol):
         """Store rows and their vectors in one commit, deleting ``replaces`` in it; new ids."""
 
     def remove(self, ids: Iterable[int]) -> int:
-        """Delete live rows for good (remembered by key); how many were deleted."""
+        """Delete live rows for good (remembered by key), and their tags; how many were
+        deleted."""
+
+    def tag(self, ids: Sequence[int], tag: str) -> int:
+        """Give live rows (ids checked by the caller) a tag; how many did not have it yet."""
+
+    def untag(self, ids: Sequence[int], tag: str) -> int:
+        """Take a tag from rows; how many had it."""
 
     def add_roots(self, paths: Iterable[str]) -> None:
         """Record folders whose files may be served."""

@@ -110,25 +110,51 @@ class EmbeddedBackend:
         *,
         filter: Mapping[str, Any] | None = None,
         exclude_ids: Iterable[int] = (),
+        tags: Sequence[str] = (),
+        exclude_tags: Sequence[str] = (),
     ) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`~lookalike.backends.Backend`."""
         view = self.store.view()
-        allowed = self._allowed(filter, list(exclude_ids))
+        allowed = self._allowed(filter, list(exclude_ids), tags, exclude_tags)
         return self.index.search(queries, k, view.count, allowed)
 
-    def _allowed(self, filter: Mapping[str, Any] | None, excluded: list[int]) -> np.ndarray | None:
+    def _allowed(
+        self,
+        filter: Mapping[str, Any] | None,
+        excluded: list[int],
+        tags: Sequence[str] = (),
+        exclude_tags: Sequence[str] = (),
+    ) -> np.ndarray | None:
         """Mask over ids of the rows a search may return; None when every row may."""
         view = self.store.view()
-        if not filter and not excluded and not view.deleted_count:
+        if not (filter or excluded or tags or exclude_tags or view.deleted_count):
             return None
         allowed = ~view.deleted
-        if filter:
-            ids = self.store.ids_matching(dict(filter))
-            matching = np.zeros_like(allowed)
-            matching[ids[ids < view.count]] = True
-            allowed &= matching
+        for ids in (
+            self.store.ids_matching(dict(filter)) if filter else None,
+            self.store.tagged(tags) if tags else None,
+        ):
+            if ids is not None:
+                matching = np.zeros_like(allowed)
+                matching[ids[ids < view.count]] = True
+                allowed &= matching
+        if exclude_tags:
+            ids = self.store.tagged(exclude_tags, every=False)
+            allowed[ids[ids < view.count]] = False
         allowed[[i for i in excluded if 0 <= i < view.count]] = False
         return allowed
+
+    def tags_of(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.tags_of(ids)
+
+    def tagged(self, tag: str) -> list[int]:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.tagged([tag]).tolist()
+
+    def tag_counts(self) -> dict[str, int]:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.tag_counts()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -143,6 +169,14 @@ class EmbeddedBackend:
     def remove(self, ids: Iterable[int]) -> int:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.remove(ids)
+
+    def tag(self, ids: Sequence[int], tag: str) -> int:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.tag(ids, tag)
+
+    def untag(self, ids: Sequence[int], tag: str) -> int:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.untag(ids, tag)
 
     def add_roots(self, paths: Iterable[str]) -> None:
         """See :class:`~lookalike.backends.Backend`."""

@@ -23,6 +23,9 @@ def _not_a_boolean(value: Any) -> Any:
 
 
 ImageId = Annotated[int, BeforeValidator(_not_a_boolean)]
+TagName = Annotated[
+    str, Field(min_length=1, max_length=200, description="printable text, no control characters")
+]
 
 
 class QueryKinds(BaseModel):
@@ -63,6 +66,14 @@ class SearchBody(QueryKinds):
     model: str | None = Field(
         None, description="the model spec the query vectors are for; refused if not this one"
     )
+    tags: list[TagName] = Field(
+        default_factory=list,
+        max_length=100,
+        description="keep rows holding every one of these tags",
+    )
+    exclude_tags: list[TagName] = Field(
+        default_factory=list, max_length=100, description="leave out rows holding any of these tags"
+    )
 
 
 class HitBody(BaseModel):
@@ -98,6 +109,7 @@ class ItemBody(BaseModel):
     width: int
     height: int
     metadata: dict[str, Any]
+    tags: list[str] = Field(default_factory=list, description="the image's tags, sorted")
 
 
 class CollectionBody(BaseModel):
@@ -199,3 +211,37 @@ class MetadataBody(BaseModel):
 
     ids: list[ImageId] = Field(..., max_length=10_000)
     indice_name: str | None = None
+
+
+class TagBody(BaseModel):
+    """Images to tag or untag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: TagName
+    ids: list[ImageId] = Field(..., min_length=1, max_length=100_000)
+
+
+class TaggedResponse(BaseModel):
+    """What a tag call did."""
+
+    tagged: int = Field(description="images that did not hold the tag before")
+
+
+class UntaggedResponse(BaseModel):
+    """What an untag call did."""
+
+    untagged: int = Field(description="images that held the tag")
+
+
+class TagCountsResponse(BaseModel):
+    """Every tag in use, and how many images hold it."""
+
+    tags: dict[str, int]
+
+
+class TaggedIdsResponse(BaseModel):
+    """The images holding one tag."""
+
+    tag: str
+    ids: list[int]
