@@ -834,3 +834,14 @@ def _os_error(error: OSError) -> str:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         text += "; the batches committed so far are kept: free some space and run it again"
     return text
+
+
+def _add_labeling_commands() -> None:
+    """``labelstudio`` and ``cvat`` live in their own module (lookalike.cli_labeling)."""
+    from .cli_labeling import cvat_app, labelstudio_app
+
+    app.add_typer(labelstudio_app, name="labelstudio")
+    app.add_typer(cvat_app, name="cvat")
+
+
+_add_labeling_commands()

@@ -1,0 +1,164 @@
+"""``lookalike labelstudio push|pull`` and ``lookalike cvat push``: the labeling round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli import _open, _parse_filters, _read_file, err, out
+from .errors import BadInputError
+from .query import Query
+
+labelstudio_app = typer.Typer(
+    no_args_is_help=True, help="Send hits to Label Studio as tasks; bring the labels back."
+)
+cvat_app = typer.Typer(no_args_is_help=True, help="Send hits to CVAT as a task.")
+
+CollectionArg = Annotated[Path, typer.Argument(help="Collection directory.")]
+StudioUrl = Annotated[str, typer.Option("--url", help="Label Studio's URL.")]
+ProjectOpt = Annotated[str, typer.Option("--project", help="Label Studio project title.")]
+StudioKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="LABEL_STUDIO_API_KEY",
+        show_envvar=True,
+        show_default=False,
+        help="Label Studio API key (better from the environment: it is never printed).",
+    ),
+]
+
+
+def _query(
+    text: str | None,
+    image: Path | None,
+    id: list[int] | None,
+    k: int,
+    filter: list[str] | None,
+    exclude_id: list[int] | None,
+    tag: list[str] | None,
+    exclude_tag: list[str] | None,
+    dedupe: float | None,
+) -> Query:
+    return Query.build(
+        text=text,
+        image=_read_file(image) if image is not None else None,
+        id=id or None,
+        k=k,
+        filter=_parse_filters(filter or []),
+        exclude_ids=exclude_id or [],
+        tags=tag or [],
+        exclude_tags=exclude_tag or [],
+        dedupe=dedupe,
+    )
+
+
+def _links(image_server: str | None, name: str | None, root: Path | None, secret: str | None):
+    from .integrations.labelstudio import local_file_links, signed_links
+
+    if (image_server is None) == (root is None):
+        raise BadInputError(
+            "say how Label Studio loads the images: --image-server URL (signed links through "
+            "lookalike serve) or --local-files-root DIR (Label Studio's local-files storage)"
+        )
+    if root is not None:
+        return local_file_links(root)
+    return signed_links(image_server, name or "", secret)  # type: ignore[arg-type]
+
+
+@labelstudio_app.command("push")
+def labelstudio_push(
+    collection: CollectionArg,
+    url: StudioUrl,
+    project: ProjectOpt,
+    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
+    id: Annotated[list[int] | None, typer.Option("--id", help="Indexed image id.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many hits to send.")] = 100,
+    filter: Annotated[
+        list[str] | None, typer.Option("--filter", help="Metadata equality, KEY=VALUE.")
+    ] = None,
+    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Only images with this tag.")] = None,
+    exclude_tag: Annotated[
+        list[str] | None,
+        typer.Option(help="Skip images with this tag, e.g. exported:PROJECT (repeatable)."),
+    ] = None,
+    dedupe: Annotated[
+        float | None, typer.Option(help="Drop near duplicates at this cosine.")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated labels, to make the project.")
+    ] = None,
+    image_server: Annotated[
+        str | None,
+        typer.Option(help="lookalike serve's URL as labelers reach it: images by signed links."),
+    ] = None,
+    server_collection: Annotated[
+        str | None,
+        typer.Option(help="The collection's name on --image-server [default: its folder name]."),
+    ] = None,
+    local_files_root: Annotated[
+        Path | None,
+        typer.Option(help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: local files."),
+    ] = None,
+    url_secret: Annotated[
+        str | None,
+        typer.Option(envvar="LOOKALIKE_URL_SECRET", show_default=False, help="Server's secret."),
+    ] = None,
+    api_key: StudioKey = None,
+) -> None:
+    """Import a search's hits into a Label Studio project (made from --labels when missing),
+    scores as predictions; tag them exported:PROJECT. Hits the project holds are skipped."""
+    from .integrations.labelstudio import LabelStudio, check_labels, push
+
+    query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe)
+    name = server_collection or collection.resolve().name
+    links = _links(image_server, name, local_files_root, url_secret)
+    with _open(collection) as col, LabelStudio(url, api_key) as studio:
+        report = push(col, studio, project, query, check_labels(labels) if labels else None, links)
+    out.print(
+        f"project {report.project_id}: {len(report.imported)} tasks imported, "
+        f"{len(report.already)} already there; tagged exported:{project}",
+        highlight=False,
+        markup=False,
+    )
+
+
+@labelstudio_app.command("pull")
+def labelstudio_pull(
+    collection: CollectionArg,
+    url: StudioUrl,
+    project: ProjectOpt,
+    target: Annotated[
+        str | None,
+        typer.Option(help="The label searched for: relevant; others irrelevant [default: first]."),
+    ] = None,
+    save: Annotated[
+        Path | None, typer.Option(help="Write the relevance marks to this JSON file.")
+    ] = None,
+    api_key: StudioKey = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Tag each labeled image label:CHOICE and print the relevance marks (target label
+    relevant, others irrelevant) for the next search. Running it again changes nothing."""
+    from .integrations.labelstudio import LabelStudio, pull
+
+    with _open(collection) as col, LabelStudio(url, api_key) as studio:
+        report = pull(col, studio, project, target)
+    marks = {**report.marks(), "target": report.target}
+    if save is not None:
+        save.write_text(json.dumps(marks, indent=1) + "\n")
+    for item_id in report.missing:
+        err.print(f"warning: image {item_id} was labeled but is no longer in the collection")
+    if as_json:
+        out.print_json(data={**marks, "changed": report.changed, "missing": report.missing})
+        return
+    out.print(
+        f"{len(report.labels)} labeled images: {len(report.relevant)} relevant "
+        f"({report.target}), {len(report.irrelevant)} irrelevant; {report.changed} tags changed",
+        highlight=False,
+        markup=False,
+    )
