@@ -162,3 +162,39 @@ def labelstudio_pull(
         highlight=False,
         markup=False,
     )
+
+
+@cvat_app.command("push")
+def cvat_push(
+    collection: CollectionArg,
+    host: Annotated[str, typer.Option(help="CVAT's URL.")],
+    task: Annotated[str, typer.Option(help="Name of the task to make.")],
+    labels: Annotated[str, typer.Option(help="Comma-separated labels of the task.")],
+    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
+    id: Annotated[list[int] | None, typer.Option("--id", help="Indexed image id.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many hits to send.")] = 100,
+    filter: Annotated[
+        list[str] | None, typer.Option("--filter", help="Metadata equality, KEY=VALUE.")
+    ] = None,
+    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Only images with this tag.")] = None,
+    exclude_tag: Annotated[
+        list[str] | None, typer.Option(help="Skip images with this tag (repeatable).")
+    ] = None,
+    dedupe: Annotated[
+        float | None, typer.Option(help="Drop near duplicates at this cosine.")
+    ] = None,
+) -> None:
+    """Make a CVAT task of a search's hits (files in rank order, label:NAME tags as CVAT
+    tags); tag the hits exported:cvat:TASK. Credentials: $CVAT_ACCESS_TOKEN, or
+    $CVAT_USERNAME and $CVAT_PASSWORD."""
+    import tempfile
+
+    from .integrations.cvat import push
+    from .integrations.labelstudio import check_labels
+
+    query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe)
+    with tempfile.TemporaryDirectory() as workdir, _open(collection) as col:
+        task_id, made = push(col, query, host, task, check_labels(labels), Path(workdir))
+    out.print(f"CVAT task {task_id}: {len(made.ids)} images", highlight=False, markup=False)
