@@ -452,6 +452,7 @@ def test_get_item(api: TestClient, shared: Shared) -> None:
         "width": width,
         "height": height,
         "metadata": {"n": 12, "split": "train", "caption": "picture 12"},
+        "tags": [],
     }
 
 

@@ -44,6 +44,14 @@ RuntimeOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None, typer.Option(help="CPU threads of the model [default: physical cores].")
 ]
+TagsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--with-tag", help="Keep images holding this tag (repeatable: all)."),
+]
+ExcludeTagsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude-tag", help="Leave out images holding this tag (repeatable: any)."),
+]
 
 
 def _open(path: Path, allow_private: bool = False, runtime: str = "auto") -> Any:
@@ -208,6 +216,8 @@ def search(
         typer.Option(help="Drop results whose cosine to a better one is at least this."),
     ] = None,
     include_self: Annotated[bool, typer.Option(help="Keep --id images in results.")] = False,
+    with_tag: TagsOpt = None,
+    exclude_tag: ExcludeTagsOpt = None,
     allow_private_urls: AllowPrivate = False,
     server: Annotated[
         str | None,
@@ -233,6 +243,8 @@ def search(
         exclude_ids=exclude_id or [],
         dedupe=dedupe,
         include_self=include_self,
+        tags=with_tag or (),
+        exclude_tags=exclude_tag or (),
     )
     empty_reason = "the server found nothing: check --filter and --exclude-id"
     with _naming_the_image(image):
@@ -324,6 +336,181 @@ def remove(
     with _open(collection) as col:
         removed = col.remove(ids=id or (), paths=path or ())
     out.print(f"removed {removed}")
+
+
+IdsOpt = Annotated[list[int] | None, typer.Option("--id", help="Image id (repeatable).")]
+FromOpt = Annotated[
+    Path | None,
+    typer.Option("--from", help='A JSON list of objects with an "id" (search --json, export).'),
+]
+
+
+@app.command("tag")
+def tag_command(
+    collection: CollectionArg,
+    tag: Annotated[str, typer.Argument(help="The tag, e.g. labeled or exported:batch-3.")],
+    id: IdsOpt = None,
+    from_: FromOpt = None,
+) -> None:
+    """Give images a tag, by id or from a results file; searches can then skip them."""
+    ids = _ids_given(id, from_)
+    with _open(collection) as col:
+        out.print(f"tagged {col.tag(ids, tag)} of {len(ids)}", highlight=False)
+
+
+@app.command("untag")
+def untag_command(
+    collection: CollectionArg,
+    tag: Annotated[str, typer.Argument(help="The tag to take away.")],
+    id: IdsOpt = None,
+    from_: FromOpt = None,
+) -> None:
+    """Take a tag from images, by id or from a results file."""
+    ids = _ids_given(id, from_)
+    with _open(collection) as col:
+        out.print(f"untagged {col.untag(ids, tag)} of {len(ids)}", highlight=False)
+
+
+@app.command("tags")
+def tags_command(
+    collection: CollectionArg,
+    id: Annotated[int | None, typer.Option("--id", help="List this image's tags.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the tags in use and how many images hold each, or one image's tags."""
+    with _open(collection) as col:
+        found: Any = col.tags(id) if id is not None else col.tag_counts()
+    if as_json:
+        out.print_json(data=found)
+    elif id is not None:
+        for name in found:
+            out.print(name, highlight=False, markup=False)
+    else:
+        for name, count in found.items():
+            out.print(f"{count:>8}  {name}", highlight=False, markup=False)
+
+
+def _ids_given(ids: list[int] | None, results: Path | None) -> list[int]:
+    """Ids from --id options and a --from results file (a JSON list of objects with "id")."""
+    found = list(ids or [])
+    if results is not None:
+        try:
+            data = json.loads(results.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise BadInputError(f"cannot read {results}: {error.strerror}") from None
+        except ValueError:
+            raise BadInputError(f"{results} is not JSON (give what search --json writes)") from None
+        if not isinstance(data, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("id"), int) for e in data
+        ):
+            raise BadInputError(f'{results} must be a JSON list of objects with an integer "id"')
+        found += [e["id"] for e in data]
+    if not found:
+        raise BadInputError("give --id or --from")
+    return found
+
+
+@app.command()
+def export(
+    collection: CollectionArg,
+    out_path: Annotated[Path, typer.Option("--out", help="File or new folder to write.")],
+    format: Annotated[
+        str,
+        typer.Option("--format", help="json, jsonl, csv, folder, label-studio, cvat or fiftyone."),
+    ] = "jsonl",
+    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
+    url: Annotated[str | None, typer.Option(help="Query image URL.")] = None,
+    id: Annotated[
+        list[int] | None, typer.Option("--id", help="Indexed image id (repeatable).")
+    ] = None,
+    vector: Annotated[
+        str | None,
+        typer.Option(help="Raw vector: comma-separated numbers, or a .npy / .json file."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many results (up to 1,000,000).")] = 1000,
+    filter: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="Metadata equality, KEY=VALUE (repeatable)."),
+    ] = None,
+    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
+    with_tag: TagsOpt = None,
+    exclude_tag: ExcludeTagsOpt = None,
+    dedupe: Annotated[
+        float | None,
+        typer.Option(help="Drop results whose cosine to a better one is at least this."),
+    ] = None,
+    include_self: Annotated[bool, typer.Option(help="Keep --id images in results.")] = False,
+    tag: Annotated[
+        str | None, typer.Option("--tag", help="Tag what is exported, e.g. exported:batch-3.")
+    ] = None,
+    link: Annotated[
+        bool, typer.Option(help="Symlink image files instead of copying them.")
+    ] = False,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated class labels; the first is pre-selected."),
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="label-studio: URL of a lookalike server serving COLLECTION.")
+    ] = None,
+    local_files_root: Annotated[
+        str | None, typer.Option(help="label-studio: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="The collection's name on the server [default: its folder's]."),
+    ] = None,
+    allow_private_urls: AllowPrivate = False,
+    runtime: RuntimeOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the results of a search to a file or folder, for people or a labeling tool."""
+    from .export import MAX_EXPORT_K
+
+    search = {
+        "text": text,
+        "url": url,
+        "image": _read_file(image) if image is not None else None,
+        "id": id or None,
+        "vector": _read_vector(vector) if vector else None,
+        "filter": _parse_filters(filter or []),
+        "exclude_ids": exclude_id or [],
+        "dedupe": dedupe,
+        "include_self": include_self,
+        "tags": with_tag or (),
+        "exclude_tags": exclude_tag or (),
+    }
+    if isinstance(k, int) and not 1 <= k <= MAX_EXPORT_K:
+        raise BadInputError(f"-k must be from 1 to {MAX_EXPORT_K:,}")
+    label_list = [part.strip() for part in labels.split(",")] if labels else []
+    with _naming_the_image(image), _open(collection, allow_private_urls, runtime) as col:
+        report = col.export(
+            out_path,
+            format,
+            k=k,
+            tag=tag,
+            link=link,
+            labels=label_list,
+            base_url=base_url,
+            local_files_root=local_files_root,
+            name=name,
+            **search,
+        )
+    if as_json:
+        out.print_json(data=report.to_dict())
+        return
+    for hit_id, reason in report.skipped[:20]:
+        err.print(f"[yellow]skipped[/] {hit_id}: {escape(reason)}", highlight=False)
+    if len(report.skipped) > 20:
+        err.print(f"... and {len(report.skipped) - 20} more skipped", highlight=False)
+    tagged = f", tagged {report.tagged} {tag!r}" if tag else ""
+    out.print(
+        f"exported {report.written} ({format}) to {out_path}{tagged}; "
+        f"skipped {len(report.skipped)}",
+        highlight=False,
+        markup=False,
+    )
 
 
 @app.command()

@@ -135,6 +135,30 @@ def _remove(collection: str, id: int) -> _Call[int]:
     return _Call("DELETE", path, lambda _, payload: int(payload["removed"]))
 
 
+def _tag(
+    collection: str, ids: int | Iterable[int], tag: str, *, remove: bool = False
+) -> _Call[int]:
+    path = f"/v1/collections/{collection}/{'untag' if remove else 'tags'}"
+    answer = "untagged" if remove else "tagged"
+    send = {"json": {"tag": tag, "ids": _ids(ids)}}
+    return _Call("POST", path, lambda _, payload: int(payload[answer]), send)
+
+
+def _tags(collection: str, id: int) -> _Call[list[str]]:
+    path = f"/v1/collections/{collection}/items/{int(id)}"
+    return _Call("GET", path, lambda _, payload: list(payload.get("tags", [])))
+
+
+def _tag_counts(collection: str) -> _Call[dict[str, int]]:
+    path = f"/v1/collections/{collection}/tags"
+    return _Call("GET", path, lambda _, payload: dict(payload["tags"]))
+
+
+def _tagged(collection: str, tag: str) -> _Call[list[int]]:
+    path = f"/v1/collections/{collection}/tagged"
+    return _Call("GET", path, lambda _, payload: list(payload["ids"]), {"params": {"tag": tag}})
+
+
 def _ids(ids: int | Iterable[int]) -> list[int]:
     return [ids] if isinstance(ids, int) else [int(i) for i in ids]
 
@@ -250,6 +274,26 @@ class Client(_BaseClient[httpx.Client]):
         """Remove images by id (one or several); returns how many were removed."""
         return sum(self._run(_remove(collection, i)) for i in _ids(ids))
 
+    def tag(self, collection: str, ids: int | Iterable[int], tag: str) -> int:
+        """Give images a tag; returns how many did not have it yet (see ``Collection.tag``)."""
+        return self._run(_tag(collection, ids, tag))
+
+    def untag(self, collection: str, ids: int | Iterable[int], tag: str) -> int:
+        """Take a tag from images; returns how many had it."""
+        return self._run(_tag(collection, ids, tag, remove=True))
+
+    def tags(self, collection: str, id: int) -> list[str]:
+        """The tags of one image."""
+        return self._run(_tags(collection, id))
+
+    def tagged(self, collection: str, tag: str) -> list[int]:
+        """Ids of the images holding a tag."""
+        return self._run(_tagged(collection, tag))
+
+    def tag_counts(self, collection: str) -> dict[str, int]:
+        """Every tag in use and how many images hold it."""
+        return self._run(_tag_counts(collection))
+
 
 class AsyncClient(_BaseClient[httpx.AsyncClient]):
     """The same calls as :class:`Client`, awaitable."""
@@ -324,6 +368,26 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         """Remove images by id (one or several)."""
         return sum([await self._run(_remove(collection, i)) for i in _ids(ids)])
 
+    async def tag(self, collection: str, ids: int | Iterable[int], tag: str) -> int:
+        """Give images a tag (see :meth:`Client.tag`)."""
+        return await self._run(_tag(collection, ids, tag))
+
+    async def untag(self, collection: str, ids: int | Iterable[int], tag: str) -> int:
+        """Take a tag from images."""
+        return await self._run(_tag(collection, ids, tag, remove=True))
+
+    async def tags(self, collection: str, id: int) -> list[str]:
+        """The tags of one image."""
+        return await self._run(_tags(collection, id))
+
+    async def tagged(self, collection: str, tag: str) -> list[int]:
+        """Ids of the images holding a tag."""
+        return await self._run(_tagged(collection, tag))
+
+    async def tag_counts(self, collection: str) -> dict[str, int]:
+        """Every tag in use and how many images hold it."""
+        return await self._run(_tag_counts(collection))
+
 
 @dataclass(frozen=True)
 class RemoteCollection:
@@ -357,6 +421,26 @@ class RemoteCollection:
         """See ``Collection.remove``."""
         return self.client.remove(self.name, ids)
 
+    def tag(self, ids: int | Iterable[int], tag: str) -> int:
+        """See ``Collection.tag``."""
+        return self.client.tag(self.name, ids, tag)
+
+    def untag(self, ids: int | Iterable[int], tag: str) -> int:
+        """See ``Collection.untag``."""
+        return self.client.untag(self.name, ids, tag)
+
+    def tags(self, id: int) -> list[str]:
+        """See ``Collection.tags``."""
+        return self.client.tags(self.name, id)
+
+    def tagged(self, tag: str) -> list[int]:
+        """See ``Collection.tagged``."""
+        return self.client.tagged(self.name, tag)
+
+    def tag_counts(self) -> dict[str, int]:
+        """See ``Collection.tag_counts``."""
+        return self.client.tag_counts(self.name)
+
 
 @dataclass(frozen=True)
 class AsyncRemoteCollection:
@@ -384,3 +468,23 @@ class AsyncRemoteCollection:
     async def remove(self, ids: int | Iterable[int]) -> int:
         """See ``Collection.remove``."""
         return await self.client.remove(self.name, ids)
+
+    async def tag(self, ids: int | Iterable[int], tag: str) -> int:
+        """See ``Collection.tag``."""
+        return await self.client.tag(self.name, ids, tag)
+
+    async def untag(self, ids: int | Iterable[int], tag: str) -> int:
+        """See ``Collection.untag``."""
+        return await self.client.untag(self.name, ids, tag)
+
+    async def tags(self, id: int) -> list[str]:
+        """See ``Collection.tags``."""
+        return await self.client.tags(self.name, id)
+
+    async def tagged(self, tag: str) -> list[int]:
+        """See ``Collection.tagged``."""
+        return await self.client.tagged(self.name, tag)
+
+    async def tag_counts(self) -> dict[str, int]:
+        """See ``Collection.tag_counts``."""
+        return await self.client.tag_counts(self.name)

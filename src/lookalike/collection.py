@@ -20,6 +20,7 @@ from .errors import (
     ModelMismatchError,
     NotFoundError,
 )
+from .export import Exporting
 from .fetch import FetchError, FetchPolicy, fetch_all, fetch_each, is_url
 from .imaging import ImageLimits, decode_image, to_model_input
 from .ingest import IngestOptions, Progress, add_new_keys, ingest, vector_rows
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lookalike")
 
 
-class Collection(Tagging):
+class Collection(Tagging, Exporting):
     """Images of one directory on disk, searchable by text, image, URL, id or vector.
 
     >>> col = Collection.create("./col")                   # doctest: +SKIP

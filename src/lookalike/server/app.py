@@ -27,7 +27,7 @@ from ..fetch import is_url
 from ..imaging import ImageLimits, decode_image
 from ..query import OPTIONS, Query
 from ..types import Hit, Item
-from . import clip_front, compat, errors, signed
+from . import clip_front, compat, curation, errors, signed
 from .bodies import item_name, links, parse_json, read_json, relative_path
 from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
@@ -84,6 +84,7 @@ def create_app(
     errors.install(app)
     app.include_router(_api(served, metrics))
     app.include_router(compat.router(served))
+    app.include_router(curation.router(served))
     app.include_router(signed.router(served))
     if settings.clip_front:
         clip_front.mount(app, served)
@@ -157,8 +158,9 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
 
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
     def get_item(name: str, item_id: ItemId) -> ItemBody:
-        """One stored image's size, metadata and links."""
-        return _item_body(name, served[name].get(item_id), served.path_roots(name))
+        """One stored image's size, metadata, tags and links."""
+        body = _item_body(name, served[name].get(item_id), served.path_roots(name))
+        return body.model_copy(update={"tags": served[name].tags(item_id)})
 
     @api.get(
         "/v1/collections/{name}/items/{item_id}/image",
@@ -289,7 +291,7 @@ def _require_images(images: list[bytes], names: list[str], limits: ImageLimits) 
 def _form_value(field: str, value: str) -> Any:
     """A form field's value: JSON for structured fields, numbers and flags parsed."""
     try:
-        if field in {"filter", "exclude_ids", "metadata"}:
+        if field in {"filter", "exclude_ids", "metadata", "tags", "exclude_tags"}:
             return parse_json(value, f"form field {field!r}")
         if field == "k":
             return int(value)
@@ -349,6 +351,8 @@ _SEARCH_REQUEST_BODY = {
                     "exclude_ids": {"type": "string", "description": "JSON list"},
                     "include_self": {"type": "boolean"},
                     "dedupe": {"type": "number"},
+                    "tags": {"type": "string", "description": "JSON list"},
+                    "exclude_tags": {"type": "string", "description": "JSON list"},
                 },
             }
         },
