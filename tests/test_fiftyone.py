@@ -16,6 +16,7 @@ import pytest
 from conftest import encode, serve_app
 from lookalike import Collection
 from lookalike.demo import draw_image
+from lookalike.export import export as export_hits
 from lookalike.server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +51,8 @@ def test_fiftyone_dataset_from_an_export_searched_through_lookalike(
     col: Collection, tmp_path: Path
 ) -> None:
     hits = col.search(id=0, k=9, include_self=True)
-    export = tmp_path / "hits.json"
-    records = [{**h.to_dict(), "tags": col.tags(h.id)} for h in hits]
-    export.write_text(json.dumps(records))
+    export = tmp_path / "hits.json"  # lookalike's own json export: hits with scores and tags
+    export_hits(hits, "json", export, collection=col)
     env = {
         **os.environ,
         "HOME": str(tmp_path),  # FiftyOne's config and database stay in the test's folder
@@ -79,7 +79,9 @@ def test_fiftyone_dataset_from_an_export_searched_through_lookalike(
     out = json.loads(line[len("RESULT ") :])
 
     assert out["count"] == 9
-    assert {"lookalike_id", "lookalike_score", "filepath", "tags"} <= set(out["fields"])
+    assert {"lookalike_id", "lookalike_score", "lookalike_rank", "filepath", "tags"} <= set(
+        out["fields"]
+    )
     assert out["tags"] == {"label:police_car": len({0, 1} & {h.id for h in hits})}
     assert out["scores"] == pytest.approx([h.score for h in hits], abs=1e-6)
 

@@ -19,7 +19,13 @@ from labelstudio_server import BINARY, TOKEN, label_studio
 from lookalike import Collection
 from lookalike.cli import app as cli
 from lookalike.demo import draw_image
-from lookalike.integrations.labelstudio import LabelStudio, LabelStudioError, pull
+from lookalike.integrations.labelstudio import (
+    LabelStudio,
+    LabelStudioError,
+    marks_from_tags,
+    pull,
+)
+from lookalike.query import OPTIONS
 from lookalike.server import ServerSettings, create_app
 
 PROJECT = "police cars round 1"
@@ -146,6 +152,8 @@ def test_push_label_pull_and_the_next_search_skips_the_labeled(
         _label(studio_url, by_id[other], "police_car")  # a second opinion, later, wins
         relabeled = pull(col, studio, PROJECT)
     assert relabeled.changed == 2 and relabeled.relevant == sorted([*police, other])
+    # the tags carry the marks from one round to the next
+    assert marks_from_tags(col, ["label:police_car"], ["label:other"]) == relabeled.marks()
     assert col.tags(other) == ["exported:" + PROJECT, "label:police_car"]
 
     # the next search skips everything sent to the project, and k still comes back
@@ -153,6 +161,30 @@ def test_push_label_pull_and_the_next_search_skips_the_labeled(
     assert len(later) == 5 and not {h.id for h in later} & set(ids)
     labeled = col.search(id=0, k=10, tags=["label:police_car"])
     assert sorted(h.id for h in labeled) == sorted([*police, other])
+
+
+@pytest.mark.skipif(
+    "relevant" not in OPTIONS, reason="needs relevance feedback (search relevant=/irrelevant=)"
+)
+def test_the_next_round_is_pushed_by_the_labels_of_the_last(
+    studio_url: str, col: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    sent = set(col.tagged(f"exported:{PROJECT}"))
+    assert col.tagged("label:police_car"), "runs after the round trip above"
+    result = CliRunner().invoke(
+        cli,
+        ["labelstudio", "push", str(col.path), "--url", studio_url, "--project", PROJECT,
+         "-k", "3", "--relevant-tag", "label:police_car", "--irrelevant-tag", "label:other",
+         "--exclude-tag", f"exported:{PROJECT}", "--local-files-root", str(col.path.parent)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3 tasks imported, 0 already there" in result.output
+    now = set(col.tagged(f"exported:{PROJECT}"))
+    assert len(now - sent) == 3
+    project = LabelStudio(studio_url).find_project(PROJECT)
+    new = [t for t in _tasks(studio_url, project["id"]) if t["data"]["lookalike_id"] in now - sent]
+    assert all(t["data"]["image"].startswith("/data/local-files/?d=photos/") for t in new)
 
 
 def test_a_wrong_key_is_refused_clearly_and_never_shown(studio_url: str) -> None:

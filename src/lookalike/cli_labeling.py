@@ -81,10 +81,20 @@ def labelstudio_push(
         list[str] | None, typer.Option("--filter", help="Metadata equality, KEY=VALUE.")
     ] = None,
     exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Only images with this tag.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--with-tag", help="Only images with this tag.")
+    ] = None,
     exclude_tag: Annotated[
         list[str] | None,
         typer.Option(help="Skip images with this tag, e.g. exported:PROJECT (repeatable)."),
+    ] = None,
+    relevant_tag: Annotated[
+        list[str] | None,
+        typer.Option(help="Images with this tag are marked relevant, e.g. label:police_car."),
+    ] = None,
+    irrelevant_tag: Annotated[
+        list[str] | None,
+        typer.Option(help="Images with this tag are marked irrelevant, e.g. label:other."),
     ] = None,
     dedupe: Annotated[
         float | None, typer.Option(help="Drop near duplicates at this cosine.")
@@ -112,12 +122,14 @@ def labelstudio_push(
 ) -> None:
     """Import a search's hits into a Label Studio project (made from --labels when missing),
     scores as predictions; tag them exported:PROJECT. Hits the project holds are skipped."""
-    from .integrations.labelstudio import LabelStudio, check_labels, push
+    from .integrations.labelstudio import LabelStudio, check_labels, marks_from_tags, push
 
-    query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe)
     name = server_collection or collection.resolve().name
     links = _links(image_server, name, local_files_root, url_secret)
     with _open(collection) as col, LabelStudio(url, api_key) as studio:
+        query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe)
+        if relevant_tag or irrelevant_tag:
+            query = Query.build(query, **marks_from_tags(col, relevant_tag, irrelevant_tag))
         report = push(col, studio, project, query, check_labels(labels) if labels else None, links)
     out.print(
         f"project {report.project_id}: {len(report.imported)} tasks imported, "
@@ -178,7 +190,9 @@ def cvat_push(
         list[str] | None, typer.Option("--filter", help="Metadata equality, KEY=VALUE.")
     ] = None,
     exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Only images with this tag.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--with-tag", help="Only images with this tag.")
+    ] = None,
     exclude_tag: Annotated[
         list[str] | None, typer.Option(help="Skip images with this tag (repeatable).")
     ] = None,

@@ -245,9 +245,10 @@ def register() -> None:
 def load_export(
     path: str | os.PathLike[str], name: str | None = None, *, persistent: bool = False
 ) -> Any:
-    """A FiftyOne dataset of a lookalike export (JSON list or JSONL of hits or items): one
-    sample per image, with fields ``lookalike_id``, ``lookalike_score`` (when scored) and
-    the image's lookalike tags as the sample's tags; metadata keys become fields."""
+    """A FiftyOne dataset of a lookalike ``json`` or ``jsonl`` export (or ``search --json``
+    output): one sample per image, with fields ``lookalike_id``, ``lookalike_score`` and
+    ``lookalike_rank`` (when given), the image's lookalike tags as the sample's tags, and
+    its metadata keys as fields."""
     records = _records(Path(path))
     dataset = fo.Dataset(name, persistent=persistent)
     samples = []
@@ -259,6 +260,8 @@ def load_export(
         sample["lookalike_id"] = int(record["id"])
         if record.get("score") is not None:
             sample["lookalike_score"] = float(record["score"])
+        if record.get("rank") is not None:
+            sample["lookalike_rank"] = int(record["rank"])
         for key, value in (record.get("metadata") or {}).items():
             if key.isidentifier() and key not in {"id", "filepath", "tags", "metadata"}:
                 sample[key] = value

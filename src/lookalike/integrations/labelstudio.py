@@ -292,6 +292,21 @@ def pull(
     return report
 
 
+def marks_from_tags(
+    collection: Any, relevant: Sequence[str] | None, irrelevant: Sequence[str] | None
+) -> dict[str, list[int]]:
+    """Relevance marks from tags: the ids holding any ``relevant`` tag (e.g.
+    ``label:police_car``), and those holding any ``irrelevant`` one, as a search's
+    ``relevant=`` / ``irrelevant=`` take them (relevance feedback)."""
+    marks: dict[str, list[int]] = {"relevant": [], "irrelevant": []}
+    for key, tags in (("relevant", relevant), ("irrelevant", irrelevant)):
+        ids = {i for tag in tags or () for i in collection.tagged(tag)}
+        marks[key] = sorted(ids)
+    if (relevant or irrelevant) and not (marks["relevant"] or marks["irrelevant"]):
+        raise BadInputError(f"no image holds the tags {[*(relevant or ()), *(irrelevant or ())]}")
+    return marks
+
+
 def _relabel(collection: Any, item_id: int, choice: str, choices: Sequence[str]) -> int:
     """Give ``label:<choice>``, take the project's other labels; how many tags changed."""
     held = set(collection.tags(item_id))
