@@ -49,6 +49,7 @@ def running(data_dir: Path, timeout_s: float = START_TIMEOUT_S) -> Iterator[str]
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(data_dir.parent),
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         "COLLECT_ANALYTICS": "false",
+        "LATEST_VERSION_CHECK": "false",  # no call to the package index at each start
         "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "",
     }

@@ -1025,10 +1025,9 @@ def _os_error(error: OSError) -> str:
 
 def _add_labeling_commands() -> None:
     """``labelstudio`` and ``cvat`` live in their own module (lookalike.cli_labeling)."""
-    from .cli_labeling import cvat_app, labelstudio_app
+    from .cli_labeling import CliParts, install
 
-    app.add_typer(labelstudio_app, name="labelstudio")
-    app.add_typer(cvat_app, name="cvat")
+    install(app, CliParts(_open, _parse_filters, _read_file, out, err))
 
 
 _add_labeling_commands()

@@ -1,21 +1,55 @@
-"""``lookalike labelstudio push|pull`` and ``lookalike cvat push``: the labeling round trip."""
+"""``lookalike labelstudio push|pull`` and ``lookalike cvat push``: the labeling round trip.
+
+The main CLI (:mod:`lookalike.cli`) installs these commands and hands them its helpers
+(:class:`CliParts`), so that this module does not import it back.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
-from .cli import _open, _parse_filters, _read_file, err, out
 from .errors import BadInputError
 from .query import Query
+
+
+@dataclass(frozen=True)
+class CliParts:
+    """What these commands share with the main CLI."""
+
+    open: Callable[[Path], Any]  # a collection folder -> an open Collection, or a clear error
+    parse_filters: Callable[[list[str]], dict[str, Any]]  # KEY=VALUE options -> a filter
+    read_file: Callable[[Path], bytes]  # a query image file -> its bytes, or a clear error
+    out: Console
+    err: Console
+
+
+_parts: CliParts | None = None
 
 labelstudio_app = typer.Typer(
     no_args_is_help=True, help="Send hits to Label Studio as tasks; bring the labels back."
 )
 cvat_app = typer.Typer(no_args_is_help=True, help="Send hits to CVAT as a task.")
+
+
+def install(app: typer.Typer, parts: CliParts) -> None:
+    """Add ``labelstudio`` and ``cvat`` to the main CLI ``app``."""
+    global _parts
+    _parts = parts
+    app.add_typer(labelstudio_app, name="labelstudio")
+    app.add_typer(cvat_app, name="cvat")
+
+
+def _cli() -> CliParts:
+    assert _parts is not None, "install() first"
+    return _parts
+
 
 CollectionArg = Annotated[Path, typer.Argument(help="Collection directory.")]
 StudioUrl = Annotated[str, typer.Option("--url", help="Label Studio's URL.")]
@@ -44,10 +78,10 @@ def _query(
 ) -> Query:
     return Query.build(
         text=text,
-        image=_read_file(image) if image is not None else None,
+        image=_cli().read_file(image) if image is not None else None,
         id=id or None,
         k=k,
-        filter=_parse_filters(filter or []),
+        filter=_cli().parse_filters(filter or []),
         exclude_ids=exclude_id or [],
         tags=tag or [],
         exclude_tags=exclude_tag or [],
@@ -126,12 +160,12 @@ def labelstudio_push(
 
     name = server_collection or collection.resolve().name
     links = _links(image_server, name, local_files_root, url_secret)
-    with _open(collection) as col, LabelStudio(url, api_key) as studio:
+    with _cli().open(collection) as col, LabelStudio(url, api_key) as studio:
         query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe)
         if relevant_tag or irrelevant_tag:
             query = Query.build(query, **marks_from_tags(col, relevant_tag, irrelevant_tag))
         report = push(col, studio, project, query, check_labels(labels) if labels else None, links)
-    out.print(
+    _cli().out.print(
         f"project {report.project_id}: {len(report.imported)} tasks imported, "
         f"{len(report.already)} already there; tagged exported:{project}",
         highlight=False,
@@ -158,17 +192,17 @@ def labelstudio_pull(
     relevant, others irrelevant) for the next search. Running it again changes nothing."""
     from .integrations.labelstudio import LabelStudio, pull
 
-    with _open(collection) as col, LabelStudio(url, api_key) as studio:
+    with _cli().open(collection) as col, LabelStudio(url, api_key) as studio:
         report = pull(col, studio, project, target)
     marks = {**report.marks(), "target": report.target}
     if save is not None:
         save.write_text(json.dumps(marks, indent=1) + "\n")
     for item_id in report.missing:
-        err.print(f"warning: image {item_id} was labeled but is no longer in the collection")
+        _cli().err.print(f"warning: image {item_id} was labeled but is no longer in the collection")
     if as_json:
-        out.print_json(data={**marks, "changed": report.changed, "missing": report.missing})
+        _cli().out.print_json(data={**marks, "changed": report.changed, "missing": report.missing})
         return
-    out.print(
+    _cli().out.print(
         f"{len(report.labels)} labeled images: {len(report.relevant)} relevant "
         f"({report.target}), {len(report.irrelevant)} irrelevant; {report.changed} tags changed",
         highlight=False,
@@ -209,6 +243,6 @@ def cvat_push(
     from .integrations.labelstudio import check_labels
 
     query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe)
-    with tempfile.TemporaryDirectory() as workdir, _open(collection) as col:
+    with tempfile.TemporaryDirectory() as workdir, _cli().open(collection) as col:
         task_id, made = push(col, query, host, task, check_labels(labels), Path(workdir))
-    out.print(f"CVAT task {task_id}: {len(made.ids)} images", highlight=False, markup=False)
+    _cli().out.print(f"CVAT task {task_id}: {len(made.ids)} images", highlight=False, markup=False)
