@@ -19,6 +19,7 @@ from labelstudio_server import BINARY, TOKEN, label_studio
 from lookalike import Collection
 from lookalike.cli import app as cli
 from lookalike.demo import draw_image
+from lookalike.errors import BadInputError
 from lookalike.integrations.labelstudio import (
     LabelStudio,
     LabelStudioError,
@@ -208,3 +209,20 @@ def test_signed_links_in_tasks_point_at_the_image_route(col: Collection) -> None
     link = signed_links("http://lookalike.example:8000", "col", SECRET)(col.get(1))
     parts = urlsplit(link)
     assert parts.path == "/v1/collections/col/items/1/image" and "token=" in parts.query
+
+
+def test_push_says_what_is_missing_in_one_line(
+    col: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    base = ["labelstudio", "push", str(col.path), "--project", PROJECT, "--id", "0"]
+    cases = [
+        ([*base, "--url", "http://127.0.0.1:9"], "--image-server URL"),
+        ([*base, "--url", "http://127.0.0.1:9", "--local-files-root", "/"], "cannot reach Label"),
+        ([*base, "--url", "localhost:8080", "--local-files-root", "/"], "must start with http"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code != 0 and message in str(result.exception), result.output
+    with pytest.raises(BadInputError, match="no image holds the tags"):
+        marks_from_tags(col, ["label:nothing"], None)

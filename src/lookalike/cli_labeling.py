@@ -75,6 +75,7 @@ def _query(
     tag: list[str] | None,
     exclude_tag: list[str] | None,
     dedupe: float | None,
+    **marks: list[int],
 ) -> Query:
     return Query.build(
         text=text,
@@ -86,6 +87,7 @@ def _query(
         tags=tag or [],
         exclude_tags=exclude_tag or [],
         dedupe=dedupe,
+        **marks,  # relevant= / irrelevant=: relevance feedback
     )
 
 
@@ -161,9 +163,12 @@ def labelstudio_push(
     name = server_collection or collection.resolve().name
     links = _links(image_server, name, local_files_root, url_secret)
     with _cli().open(collection) as col, LabelStudio(url, api_key) as studio:
-        query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe)
-        if relevant_tag or irrelevant_tag:
-            query = Query.build(query, **marks_from_tags(col, relevant_tag, irrelevant_tag))
+        marks = (
+            marks_from_tags(col, relevant_tag, irrelevant_tag)
+            if relevant_tag or irrelevant_tag
+            else {}
+        )
+        query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe, **marks)
         report = push(col, studio, project, query, check_labels(labels) if labels else None, links)
     _cli().out.print(
         f"project {report.project_id}: {len(report.imported)} tasks imported, "
