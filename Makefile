@@ -42,7 +42,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench
 
 test: lint $(LS_VENV)/.installed $(FO_VENV)/.installed
-	$(PY) -m pytest
+	LABEL_STUDIO_VENV=$(LS_VENV) FIFTYONE_VENV=$(FO_VENV) $(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) $(FO_VENV) lookalike-demo .pytest_cache
