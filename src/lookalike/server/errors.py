@@ -29,6 +29,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in [
         (400, "bad query or body"),
         (401, "missing or wrong API key"),
+        (403, "signed image link wrong, altered or expired"),
         (404, "unknown collection or id"),
         (408, "request body arrived too slowly"),
         (413, "body too large"),

@@ -6,11 +6,14 @@ import asyncio
 import hmac
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
+from ..signing import BadTokenError, check_token
 from .metrics import Metrics
 from .settings import ServerSettings
 
@@ -21,6 +24,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC_PATHS = ("/health", "/static/", "/favicon.ico")
+# the one route a signed link opens, without an API key: lookalike.signing
+SIGNED_IMAGE = re.compile(r"/v1/collections/([^/]+)/items/([0-9]{1,19})/image")
 
 
 class BodyTooLarge(Exception):
@@ -41,6 +46,7 @@ class Guard:
         self.keys = [k.encode() for k in settings.api_keys]
         self.buckets = RateBuckets(settings.rate_limit_per_minute)
         self.auth_failures = RateBuckets(settings.auth_failures_per_minute)
+        self.url_secret = (settings.url_secret or "").encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,7 +76,11 @@ class Guard:
         if wait:
             await _too_many(send, "rate_limited", "too many requests", wait)
             return
-        if self.keys and not _is_public(path):
+        signed = _signed_image(scope)
+        if signed is not None:  # a signed link: its token stands in for a key, for this image
+            if not await self._token_ok(client, signed, send):
+                return
+        elif self.keys and not _is_public(path):
             # checked before the key, so that guessing goes no faster once a right key is hit
             wait = self.auth_failures.waiting(client)
             if wait:
@@ -131,6 +141,23 @@ class Guard:
                     [(b"connection", b"close")],  # the rest of the body may still be coming
                 )
 
+    async def _token_ok(self, client: str, signed: tuple[str, int, str, str], send: Send) -> bool:
+        """Whether a signed link's token grants its image; answers 403 or 429 when not.
+        Wrong tokens count as wrong keys: guessing them is slowed the same way."""
+        wait = self.auth_failures.waiting(client)
+        if wait:
+            await _too_many(send, "auth_rate_limited", "too many wrong API keys or tokens", wait)
+            return False
+        try:
+            if not self.url_secret:
+                raise BadTokenError("this server signs no image links")
+            check_token(self.url_secret, *signed)
+        except BadTokenError as error:
+            self.auth_failures.take(client)
+            await _reply(send, 403, "bad_token", str(error))
+            return False
+        return True
+
     def _key_ok(self, headers: dict[str, bytes]) -> bool:
         given = headers.get("x-api-key", b"")
         auth = headers.get("authorization", b"")
@@ -173,6 +200,19 @@ class RateBuckets:
                 return max(1, math.ceil((1 - tokens) / self.rate))
             self.buckets[client] = (tokens - cost, now)
             return 0
+
+
+def _signed_image(scope: Scope) -> tuple[str, int, str, str] | None:
+    """(collection, id, expires, token) of a request for an image by a signed link, or None
+    when the request carries no token (the route then needs an API key as any other)."""
+    match = SIGNED_IMAGE.fullmatch(scope["path"])
+    if match is None:
+        return None
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if "token" not in query:
+        return None
+    expires = query.get("expires", [""])[-1]
+    return match.group(1), int(match.group(2)), expires, query["token"][-1]
 
 
 def _is_public(path: str) -> bool:

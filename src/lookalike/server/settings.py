@@ -36,6 +36,7 @@ class ServerSettings:
     clip_front: bool = False  # serve clip-retrieval's web front end at /clip-front/
     caption_columns: tuple[str, ...] = ()  # "COLUMN" for every collection or "NAME=COLUMN"
     max_export_k: int = 100_000  # results one streamed export may ask for
+    url_secret: str | None = None  # signs image links (lookalike.signing); None: made at start
 
     def __post_init__(self) -> None:
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "max_connections"):
