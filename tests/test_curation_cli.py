@@ -116,3 +116,19 @@ def test_export_cvat_tags_the_batch(col: Path, tmp_path: Path) -> None:
     report = json.loads(again.stdout)
     assert report["written"] == 11  # 19 others, 8 already exported
     assert len(json.loads((tmp_path / "next.json").read_text())) == 11
+
+
+def test_export_takes_the_feedback_and_diversity_options(col: Path, tmp_path: Path) -> None:
+    out = tmp_path / "marked.json"
+    done = invoke(
+        "export", col, "--relevant", 1, "--relevant", 2, "--irrelevant", 7, "--diverse", 0.3,
+        "-k", 6, "--format", "json", "--out", out,
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    ids = [row["id"] for row in json.loads(out.read_text())]
+    assert len(ids) == 6 and not {1, 2, 7} & set(ids)  # marked ids never come back
+    with Collection.open(col) as opened:
+        same = opened.search(relevant=[1, 2], irrelevant=[7], diverse=0.3, k=6)
+    assert ids == [h.id for h in same]
+    bad = invoke("export", col, "--relevant", 1, "--diverse", 2, "--format", "json", "--out", out)
+    assert bad.exit_code != 0 and "diverse" in str(bad.exception)

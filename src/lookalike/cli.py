@@ -104,6 +104,10 @@ RelevantOpt = Annotated[
 IrrelevantOpt = Annotated[
     list[int] | None, typer.Option("--irrelevant", help="Id marked irrelevant (repeatable).")
 ]
+DiverseOpt = Annotated[
+    float | None,
+    typer.Option(help="0 (relevance order) to 1 (most varied): spread the results."),
+]
 ServerOpt = Annotated[
     str | None,
     typer.Option(
@@ -368,10 +372,7 @@ def search(
     exclude_tag: ExcludeTagsOpt = None,
     relevant: RelevantOpt = None,
     irrelevant: IrrelevantOpt = None,
-    diverse: Annotated[
-        float | None,
-        typer.Option(help="0 (relevance order) to 1 (most varied): spread the results."),
-    ] = None,
+    diverse: DiverseOpt = None,
     allow_private_urls: AllowPrivate = False,
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
@@ -655,6 +656,9 @@ def export(
     exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
     with_tag: TagsOpt = None,
     exclude_tag: ExcludeTagsOpt = None,
+    relevant: RelevantOpt = None,
+    irrelevant: IrrelevantOpt = None,
+    diverse: DiverseOpt = None,
     dedupe: Annotated[
         float | None,
         typer.Option(help="Drop results whose cosine to a better one is at least this."),
@@ -699,6 +703,9 @@ def export(
         "include_self": include_self,
         "tags": with_tag or (),
         "exclude_tags": exclude_tag or (),
+        "relevant": relevant or (),
+        "irrelevant": irrelevant or (),
+        "diverse": diverse,
     }
     if isinstance(k, int) and not 1 <= k <= MAX_EXPORT_K:
         raise BadInputError(f"-k must be from 1 to {MAX_EXPORT_K:,}")

@@ -75,6 +75,7 @@ def _query(
     tag: list[str] | None,
     exclude_tag: list[str] | None,
     dedupe: float | None,
+    diverse: float | None = None,
     **marks: list[int],
 ) -> Query:
     return Query.build(
@@ -87,6 +88,7 @@ def _query(
         tags=tag or [],
         exclude_tags=exclude_tag or [],
         dedupe=dedupe,
+        diverse=diverse,
         relevant=marks.get("relevant", []),  # relevance feedback
         irrelevant=marks.get("irrelevant", []),
     )
@@ -133,6 +135,15 @@ def labelstudio_push(
         list[str] | None,
         typer.Option(help="Images with this tag are marked irrelevant, e.g. label:other."),
     ] = None,
+    relevant: Annotated[
+        list[int] | None, typer.Option("--relevant", help="Id marked relevant (repeatable).")
+    ] = None,
+    irrelevant: Annotated[
+        list[int] | None, typer.Option("--irrelevant", help="Id marked irrelevant (repeatable).")
+    ] = None,
+    diverse: Annotated[
+        float | None, typer.Option(help="0 (relevance order) to 1 (most varied): spread them.")
+    ] = None,
     dedupe: Annotated[
         float | None, typer.Option(help="Drop near duplicates at this cosine.")
     ] = None,
@@ -169,7 +180,13 @@ def labelstudio_push(
             if relevant_tag or irrelevant_tag
             else {}
         )
-        query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe, **marks)
+        marks = {  # marked by id and by tag alike
+            "relevant": [*marks.get("relevant", []), *(relevant or [])],
+            "irrelevant": [*marks.get("irrelevant", []), *(irrelevant or [])],
+        }
+        query = _query(
+            text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe, diverse, **marks
+        )
         report = push(col, studio, project, query, check_labels(labels) if labels else None, links)
     _cli().out.print(
         f"project {report.project_id}: {len(report.imported)} tasks imported, "

@@ -158,6 +158,10 @@ def search_all(collection: Collection, query: Query, k: int) -> Iterator[Hit]:
     here, before anything is written); each later search leaves out the ids before it.
     ``dedupe`` applies within each search of ``MAX_K``."""
     check_export_k(k)
+    if query.relevant or query.irrelevant or query.diverse:
+        # ranked by a model of the marks, or re-ranked for variety: no one vector to page by,
+        # so each page runs the whole query (the first fails a bad one before any is written)
+        return _pages(collection, replace(query, k=min(k, MAX_K)), k)
     vector = collection.embed(query)
     base = replace(
         query,
