@@ -243,6 +243,11 @@ def run(args: argparse.Namespace, workdir: Path, width: int, height: int) -> Non
                 end_to_end(workdir, workdir / "photos", spec, weights, args, workers)
             )
             e2e_ratio[workers].append(e2e[workers][-1] / rate)
+        print(  # as it goes: on a busy machine a run may not finish
+            f"repeat {len(now_ms)}: prepare {now_ms[-1]:.2f} / {before_ms[-1]:.2f} ms; "
+            + ", ".join(f"{w} workers {r[-1]:.2f}" for w, r in e2e_ratio.items()),
+            flush=True,
+        )
     reference.close()
 
     ratios = [n / b for n, b in zip(now_ms, before_ms, strict=True)]

@@ -203,7 +203,7 @@ def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     Equivalent to torchvision's Resize(size) + CenterCrop(size), but only the cropped
     region is resampled. Where this process has torch loaded already (the engine does) and
     torch has SIMD kernels for this CPU, downscaling runs through torch's antialiased bicubic,
-    the same filter as Pillow's (pixels within a few levels, 9x faster than Pillow's on AVX2);
+    the same filter as Pillow's (pixels within a few levels, about 3x faster);
     otherwise, and in ingest workers, which never import torch, through Pillow's.
     """
     if size < 1:
@@ -259,8 +259,8 @@ def _resize_with_torch(
 
     Only the square is handed to torch, so the outermost output pixels are filtered from the
     square's own pixels (edges repeated) where Pillow also reads the pixels beyond it: on
-    photos they differ by a few levels at most. A margin would not help: the square's edge
-    falls between output pixels, and a whole-pixel crop shifts every sample instead.
+    photos they differ by a few levels at most. (A margin would need a crop at a fraction
+    of a pixel to keep the samples where Pillow takes them, which torch cannot do.)
     """
     torch = sys.modules["torch"]
     width, height = image.size
