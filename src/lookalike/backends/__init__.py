@@ -57,6 +57,10 @@ class Backend(Protocol):
     def removed_by_key(self, key: str) -> Row | None:
         """The newest row a user removed under this path or URL."""
 
+    def content_copies(self) -> list[list[int]]:
+        """Ids of live rows holding the same content (hash), one sorted list per content
+        held by more than one row."""
+
     def stale_rows(self) -> list[Row]:
         """Live rows whose vector was lost and waits to be embedded again."""
 

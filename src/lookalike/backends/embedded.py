@@ -82,6 +82,10 @@ class EmbeddedBackend:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.removed_by_key(key)
 
+    def content_copies(self) -> list[list[int]]:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.content_copies()
+
     def stale_rows(self) -> list[Row]:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.stale_rows()
