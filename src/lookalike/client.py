@@ -22,7 +22,7 @@ import httpx
 from ._version import __version__
 from .errors import LookalikeError
 from .query import Query, image_bytes
-from .types import Hit, IngestReport, Item
+from .types import DuplicateGroup, Hit, IngestReport, Item
 
 DEFAULT_TIMEOUT = 30.0
 RETRIES = 2  # on connection errors only: a request the server may have run is never repeated
@@ -133,6 +133,23 @@ def _add(
 def _remove(collection: str, id: int) -> _Call[int]:
     path = f"/v1/collections/{collection}/items/{int(id)}"
     return _Call("DELETE", path, lambda _, payload: int(payload["removed"]))
+
+
+def _duplicates(
+    collection: str, threshold: float, exact: bool, timeout: float | None
+) -> _Call[list[DuplicateGroup]]:
+    send: dict[str, Any] = {"json": {"threshold": threshold, "exact": exact}}
+    if timeout is not None:  # a pass over a large collection outlasts the usual timeout
+        send["timeout"] = timeout
+    path = f"/v1/collections/{collection}/duplicates"
+    return _Call("POST", path, _duplicate_groups, send)
+
+
+def _duplicate_groups(_: httpx.URL, payload: dict[str, Any]) -> list[DuplicateGroup]:
+    return [
+        DuplicateGroup(keeper=g["keeper"], ids=g["ids"], exact=g["exact"], score=g["score"])
+        for g in payload["groups"]
+    ]
 
 
 def _ids(ids: int | Iterable[int]) -> list[int]:
@@ -250,6 +267,18 @@ class Client(_BaseClient[httpx.Client]):
         """Remove images by id (one or several); returns how many were removed."""
         return sum(self._run(_remove(collection, i)) for i in _ids(ids))
 
+    def duplicates(
+        self,
+        collection: str,
+        threshold: float = 0.95,
+        *,
+        exact: bool = False,
+        timeout: float | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of copies across a collection (see ``Collection.duplicates``); ``timeout``
+        (seconds) for this call, as a pass over millions of images takes minutes."""
+        return self._run(_duplicates(collection, threshold, exact, timeout))
+
 
 class AsyncClient(_BaseClient[httpx.AsyncClient]):
     """The same calls as :class:`Client`, awaitable."""
@@ -324,6 +353,17 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         """Remove images by id (one or several)."""
         return sum([await self._run(_remove(collection, i)) for i in _ids(ids)])
 
+    async def duplicates(
+        self,
+        collection: str,
+        threshold: float = 0.95,
+        *,
+        exact: bool = False,
+        timeout: float | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of copies across a collection (see :meth:`Client.duplicates`)."""
+        return await self._run(_duplicates(collection, threshold, exact, timeout))
+
 
 @dataclass(frozen=True)
 class RemoteCollection:
@@ -357,6 +397,12 @@ class RemoteCollection:
         """See ``Collection.remove``."""
         return self.client.remove(self.name, ids)
 
+    def duplicates(
+        self, threshold: float = 0.95, *, exact: bool = False, timeout: float | None = None
+    ) -> list[DuplicateGroup]:
+        """See ``Collection.duplicates``."""
+        return self.client.duplicates(self.name, threshold, exact=exact, timeout=timeout)
+
 
 @dataclass(frozen=True)
 class AsyncRemoteCollection:
@@ -384,3 +430,9 @@ class AsyncRemoteCollection:
     async def remove(self, ids: int | Iterable[int]) -> int:
         """See ``Collection.remove``."""
         return await self.client.remove(self.name, ids)
+
+    async def duplicates(
+        self, threshold: float = 0.95, *, exact: bool = False, timeout: float | None = None
+    ) -> list[DuplicateGroup]:
+        """See ``Collection.duplicates``."""
+        return await self.client.duplicates(self.name, threshold, exact=exact, timeout=timeout)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as FastAPIPath
+from fastapi import Query as FastAPIQuery
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
@@ -35,6 +36,8 @@ from .schemas import (
     CollectionBody,
     CollectionsResponse,
     DeleteResponse,
+    DuplicatesBody,
+    DuplicatesResponse,
     FailedBody,
     HealthResponse,
     HitBody,
@@ -214,7 +217,43 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         collection.get(item_id)
         return DeleteResponse(removed=collection.remove(ids=[item_id]))
 
+    @api.get("/v1/collections/{name}/duplicates", response_model=DuplicatesResponse)
+    async def get_duplicates(
+        name: str,
+        threshold: Annotated[float, FastAPIQuery(gt=0, le=1)] = 0.95,
+        exact: bool = False,
+    ) -> DuplicatesResponse:
+        """Groups of copies across the collection, each with a suggested keeper (the image
+        with the most pixels, then bytes, then the lowest id). A full pass over the
+        collection: minutes at millions of images."""
+        return await _duplicates(served[name], DuplicatesBody(threshold=threshold, exact=exact))
+
+    @api.post(
+        "/v1/collections/{name}/duplicates",
+        response_model=DuplicatesResponse,
+        openapi_extra={"requestBody": _DUPLICATES_REQUEST_BODY},
+    )
+    async def post_duplicates(name: str, request: Request) -> DuplicatesResponse:
+        """As GET, with the options in a JSON body (which may be empty)."""
+        collection = served[name]
+        raw = await request.body()
+        body = DuplicatesBody.model_validate(parse_json(raw, "the body") if raw.strip() else {})
+        return await _duplicates(collection, body)
+
     return api
+
+
+async def _duplicates(collection: Collection, body: DuplicatesBody) -> DuplicatesResponse:
+    started = time.perf_counter()
+    groups = await run_in_threadpool(
+        functools.partial(collection.duplicates, body.threshold, exact=body.exact)
+    )
+    return DuplicatesResponse(
+        groups=[g.to_dict() for g in groups],
+        threshold=body.threshold,
+        exact=body.exact,
+        took_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
 
 
 async def _search_query(request: Request, served: Served) -> Query:
@@ -356,6 +395,11 @@ _ADD_REQUEST_BODY = {
     },
 }
 
+_DUPLICATES_REQUEST_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DuplicatesBody"}}},
+}
+
 
 def _document_bodies(app: FastAPI, names: list[str]) -> None:
     """Complete the generated spec: the bodies parsed by hand (JSON or multipart) join its
@@ -366,7 +410,7 @@ def _document_bodies(app: FastAPI, names: list[str]) -> None:
         if app.openapi_schema is None:
             spec = generate()
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (SearchBody, AddUrlsBody, KnnServiceBody, MetadataBody):
+            for model in (SearchBody, AddUrlsBody, KnnServiceBody, MetadataBody, DuplicatesBody):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
