@@ -28,9 +28,9 @@ from .errors import BadInputError, NotFoundError
 from .store import Row
 from .types import DuplicateGroup
 
-FIRST_K = 16  # neighbours per row on the first search
+FIRST_K = 8  # neighbours per row on the first search: most rows have no copy
 WIDEN = 4  # k grows by this factor for rows whose every neighbour was a copy
-MAX_K = 256  # past it a row's copies are linked through the copies' own searches
+MAX_K = 512  # past it a row's copies are linked through the copies' own searches
 SEARCH_BATCH = 1024  # rows searched together on a trained index
 FLAT_BLOCK_BYTES = 1 << 26  # exact search scores a batch against every row: bound that block
 ROWS_AT_ONCE = 5_000  # group members whose rows are read together to pick keepers
@@ -157,12 +157,14 @@ def _link_neighbours(
     for rows whose every neighbour did."""
     pending, k = np.arange(len(ids)), FIRST_K
     while len(pending):
-        scores, found = backend.search(vectors[pending], k + 1)  # +1: the row finds itself
-        close = (scores >= threshold - TOLERANCE) & (found >= 0)
+        floor = threshold - TOLERANCE
+        # k + 1: the row finds itself
+        scores, found = backend.search(vectors[pending], k + 1, min_score=floor)
+        close = (scores >= floor) & (found >= 0)
         close &= found != ids[pending, None]
         for row, column in zip(*np.nonzero(close), strict=True):
             links.link(int(ids[pending[row]]), int(found[row, column]), float(scores[row, column]))
-        crowded = scores[:, -1] >= threshold - TOLERANCE  # all k + 1 found score that high
+        crowded = scores[:, -1] >= floor  # all k + 1 found score that high
         if k >= MAX_K:
             if crowded.any():
                 log.info("%d rows have more than %d copies each", int(crowded.sum()), MAX_K)

@@ -84,12 +84,15 @@ class Backend(Protocol):
         *,
         filter: Mapping[str, Any] | None = None,
         exclude_ids: Iterable[int] = (),
+        min_score: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` live rows by inner product for each query row, best first.
 
         Only rows whose metadata equals each ``filter`` value, and not in ``exclude_ids``,
-        are candidates: k results come back whenever k rows qualify. Returns (scores, ids),
-        each (n_queries, k); missing slots hold id -1 and score -inf.
+        are candidates: k results come back whenever k rows qualify. With ``min_score``,
+        only results scoring at least that are wanted (a duplicates pass): the others come
+        back missing, and an approximate index may search less widely. Returns (scores,
+        ids), each (n_queries, k); missing slots hold id -1 and score -inf.
         """
 
     # -- writes: inside ``writing()`` --------------------------------------------------------

@@ -114,11 +114,12 @@ class EmbeddedBackend:
         *,
         filter: Mapping[str, Any] | None = None,
         exclude_ids: Iterable[int] = (),
+        min_score: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`~lookalike.backends.Backend`."""
         view = self.store.view()
         allowed = self._allowed(filter, list(exclude_ids))
-        return self.index.search(queries, k, view.count, allowed)
+        return self.index.search(queries, k, view.count, allowed, min_score)
 
     def _allowed(self, filter: Mapping[str, Any] | None, excluded: list[int]) -> np.ndarray | None:
         """Mask over ids of the rows a search may return; None when every row may."""
