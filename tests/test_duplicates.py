@@ -8,7 +8,9 @@ import csv
 import io
 import json
 import math
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +322,30 @@ def test_client_sync_async_and_handle(vectors_col) -> None:
                 return await client.collection("vecs").duplicates(0.98)
 
         assert as_sets(asyncio.run(remote())) == as_sets(vectors_col.duplicates(0.98))
+
+
+def test_http_runs_one_pass_at_a_time(vectors_col) -> None:
+    """A second pass asked while one runs gets 503 busy at once, not a second full pass."""
+    api = TestClient(create_app({"vecs": vectors_col}))
+    running, answered = threading.Event(), threading.Event()
+    original = vectors_col.duplicates
+
+    def held(*args, **options):  # the first pass waits until the second request is answered
+        def progress(*_: int) -> None:
+            running.set()
+            answered.wait(10)
+
+        return original(*args, **options, progress=progress)
+
+    vectors_col.duplicates = held
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(api.get, "/v1/collections/vecs/duplicates")
+            assert running.wait(10)
+            second = api.get("/v1/collections/vecs/duplicates", params={"exact": True})
+            answered.set()
+            assert first.result().status_code == 200
+    finally:
+        del vectors_col.duplicates
+    assert second.status_code == 503 and second.json()["error"]["code"] == "busy"
+    assert api.get("/v1/collections/vecs/duplicates", params={"exact": True}).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -20,7 +21,7 @@ from starlette.datastructures import UploadFile
 
 from .._version import __version__
 from ..collection import Collection
-from ..errors import BadInputError, ImageError
+from ..errors import BadInputError, BusyError, ImageError
 from ..fetch import is_url
 from ..imaging import ImageLimits, decode_image
 from ..query import OPTIONS, Query
@@ -217,6 +218,8 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         collection.get(item_id)
         return DeleteResponse(removed=collection.remove(ids=[item_id]))
 
+    passes = threading.Lock()  # one duplicates pass at a time: each reads every vector
+
     @api.get("/v1/collections/{name}/duplicates", response_model=DuplicatesResponse)
     async def get_duplicates(
         name: str,
@@ -226,7 +229,8 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         """Groups of copies across the collection, each with a suggested keeper (the image
         with the most pixels, then bytes, then the lowest id). A full pass over the
         collection: minutes at millions of images."""
-        return await _duplicates(served[name], DuplicatesBody(threshold=threshold, exact=exact))
+        body = DuplicatesBody(threshold=threshold, exact=exact)
+        return await _duplicates(served[name], body, passes)
 
     @api.post(
         "/v1/collections/{name}/duplicates",
@@ -238,16 +242,24 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         collection = served[name]
         raw = await request.body()
         body = DuplicatesBody.model_validate(parse_json(raw, "the body") if raw.strip() else {})
-        return await _duplicates(collection, body)
+        return await _duplicates(collection, body, passes)
 
     return api
 
 
-async def _duplicates(collection: Collection, body: DuplicatesBody) -> DuplicatesResponse:
-    started = time.perf_counter()
-    groups = await run_in_threadpool(
-        functools.partial(collection.duplicates, body.threshold, exact=body.exact)
-    )
+async def _duplicates(
+    collection: Collection, body: DuplicatesBody, passes: threading.Lock
+) -> DuplicatesResponse:
+    """One duplicates pass, or 503 busy while another runs (minutes at millions of images)."""
+    if not passes.acquire(blocking=False):
+        raise BusyError("a duplicates pass is running on this server; try again when it ends")
+    try:
+        started = time.perf_counter()
+        groups = await run_in_threadpool(
+            functools.partial(collection.duplicates, body.threshold, exact=body.exact)
+        )
+    finally:
+        passes.release()
     return DuplicatesResponse(
         groups=[g.to_dict() for g in groups],
         threshold=body.threshold,
