@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import encode
+from helpers import encode
 from lookalike import Collection
 from lookalike.cli import app as cli
 from lookalike.demo import draw_image

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import encode, serve_app
+from helpers import encode, serve_app
 from lookalike import Collection
 from lookalike.demo import draw_image
 from lookalike.export import export as export_hits

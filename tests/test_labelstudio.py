@@ -14,7 +14,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from conftest import encode, serve_app
+from helpers import encode, serve_app
 from labelstudio_server import BINARY, TOKEN, label_studio
 from lookalike import Collection
 from lookalike.cli import app as cli

@@ -162,7 +162,7 @@ def test_no_import_cycles_inside_the_package() -> None:
 
 
 def test_tests_share_helpers_through_a_module_not_conftest() -> None:
-    """`from conftest import` is ambiguous once a folder has a conftest of its own."""
-    tests = Path(__file__).resolve().parent
-    offenders = [p.name for p in tests.rglob("*.py") if "from conftest import" in p.read_text()]
+    """Importing names from conftest is ambiguous once a folder has a conftest of its own."""
+    tests, needle = Path(__file__).resolve().parent, "from " + "conftest import"
+    offenders = [p.name for p in tests.rglob("*.py") if needle in p.read_text()]
     assert not offenders, offenders

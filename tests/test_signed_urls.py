@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from conftest import encode
+from helpers import encode
 from lookalike import Collection
 from lookalike.cli import app as cli
 from lookalike.demo import draw_image

@@ -20,7 +20,7 @@ from .errors import (
     UnsupportedQueryError,
 )
 from .query import Query, QueryPart
-from .types import Hit, IngestReport, Item, MatchCount
+from .types import DuplicateGroup, Hit, IngestReport, Item, MatchCount
 
 if TYPE_CHECKING:
     from .client import APIError, AsyncClient, Client
@@ -49,6 +49,7 @@ __all__ = [
     "Client",
     "Collection",
     "CollectionError",
+    "DuplicateGroup",
     "FetchError",
     "Hit",
     "ImageError",

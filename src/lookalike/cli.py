@@ -773,6 +773,106 @@ def verify(
         raise typer.Exit(1)
 
 
+DUPLICATE_FORMATS = ("table", "json", "csv")
+
+
+@app.command()
+def duplicates(
+    collection: CollectionArg,
+    threshold: Annotated[
+        float, typer.Option(help="Cosine from which two images count as near copies, in (0, 1].")
+    ] = 0.95,
+    exact: Annotated[
+        bool, typer.Option("--exact", help="Only exact copies (same content); fast, no vectors.")
+    ] = False,
+    format: Annotated[str, typer.Option(help="Output: table, json or csv.")] = "table",
+    as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV output: one line per image.")] = False,
+    tag_extra: Annotated[
+        str | None,
+        typer.Option(help="Tag every image but each group's keeper with this tag."),
+    ] = None,
+) -> None:
+    """Groups of copies in a collection, each with the image to keep: the one with the most
+    pixels, then bytes, then the lowest id."""
+    chosen = {name for name, on in (("json", as_json), ("csv", as_csv)) if on}
+    if len(chosen) > 1 or (chosen and format not in ("table", *chosen)):
+        raise BadInputError("choose one output: --json, --csv or --format")
+    format = chosen.pop() if chosen else format
+    if format not in DUPLICATE_FORMATS:
+        raise BadInputError(
+            f"--format must be one of {', '.join(DUPLICATE_FORMATS)}; not {format!r}"
+        )
+    from .duplicates import check_threshold
+
+    check_threshold(threshold)  # before the collection opens
+    if tag_extra is not None and not tag_extra.strip():
+        raise BadInputError("--tag-extra needs a tag name")
+    with _open(collection) as col:
+        if tag_extra is not None and not hasattr(col, "tag"):
+            raise BadInputError("--tag-extra needs image tags, which this lookalike lacks")
+        with _search_progress(len(col), quiet=exact) as progress:
+            groups = col.duplicates(threshold, exact=exact, progress=progress)
+        paths = {i: col.get(i).locator for g in groups for i in g.ids}
+        extras = [i for g in groups for i in g.extras]
+        tagged = col.tag(extras, tag_extra) if tag_extra and extras else 0
+    _print_duplicates(groups, paths, format)
+    if tag_extra:
+        err.print(f"tagged {tagged} images {tag_extra!r}", highlight=False, markup=False)
+
+
+@contextlib.contextmanager
+def _search_progress(total: int, quiet: bool = False) -> Iterator[Any]:
+    """A progress bar on stderr, fed by the ``progress(done, total)`` callback it yields."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(TextColumn("searching"), *columns, console=err, disable=quiet) as bar:
+        task = bar.add_task("search", total=total)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _print_duplicates(groups: list[Any], paths: dict[int, str], format: str) -> None:
+    """Groups as a table (one line per image), JSON (one object per group) or CSV."""
+    if format == "json":
+        out.print_json(data=[{**g.to_dict(), "paths": [paths[i] for i in g.ids]} for g in groups])
+        return
+    lines = [
+        (n, i, i == g.keeper, g.exact, g.score, paths[i])
+        for n, g in enumerate(groups, start=1)
+        for i in g.ids
+    ]
+    if format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["group", "id", "keeper", "exact", "score", "path"])
+        writer.writerows(lines)
+        return
+    if not groups:
+        out.print("no duplicates", highlight=False)
+        return
+    table = Table("group", "id", "keep", "score", "path", box=None)
+    for n, i, keeper, exact_copy, score, path in lines:
+        table.add_row(
+            str(n),
+            str(i),
+            "keep" if keeper else "",
+            "exact" if exact_copy else f"{score:.4f}",
+            path,
+        )
+    out.print(table)
+    extras = sum(len(g.ids) - 1 for g in groups)
+    out.print(f"{len(groups)} groups, {extras} copies besides the keepers", highlight=False)
+
+
 @app.command()
 def serve(
     collections: Annotated[

@@ -22,7 +22,7 @@ import httpx
 from ._version import __version__
 from .errors import LookalikeError
 from .query import Query, image_bytes
-from .types import Hit, IngestReport, Item, MatchCount
+from .types import DuplicateGroup, Hit, IngestReport, Item, MatchCount
 
 DEFAULT_TIMEOUT = 30.0
 RETRIES = 2  # on connection errors only: a request the server may have run is never repeated
@@ -170,6 +170,23 @@ def _tagged(collection: str, tag: str) -> _Call[list[int]]:
     return _Call("GET", path, lambda _, payload: list(payload["ids"]), {"params": {"tag": tag}})
 
 
+def _duplicates(
+    collection: str, threshold: float, exact: bool, timeout: float | None
+) -> _Call[list[DuplicateGroup]]:
+    send: dict[str, Any] = {"json": {"threshold": threshold, "exact": exact}}
+    if timeout is not None:  # a pass over a large collection outlasts the usual timeout
+        send["timeout"] = timeout
+    path = f"/v1/collections/{collection}/duplicates"
+    return _Call("POST", path, _duplicate_groups, send)
+
+
+def _duplicate_groups(_: httpx.URL, payload: dict[str, Any]) -> list[DuplicateGroup]:
+    return [
+        DuplicateGroup(keeper=g["keeper"], ids=g["ids"], exact=g["exact"], score=g["score"])
+        for g in payload["groups"]
+    ]
+
+
 def _ids(ids: int | Iterable[int]) -> list[int]:
     return [ids] if isinstance(ids, int) else [int(i) for i in ids]
 
@@ -312,6 +329,18 @@ class Client(_BaseClient[httpx.Client]):
         """Every tag in use and how many images hold it."""
         return self._run(_tag_counts(collection))
 
+    def duplicates(
+        self,
+        collection: str,
+        threshold: float = 0.95,
+        *,
+        exact: bool = False,
+        timeout: float | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of copies across a collection (see ``Collection.duplicates``); ``timeout``
+        (seconds) for this call, as a pass over millions of images takes minutes."""
+        return self._run(_duplicates(collection, threshold, exact, timeout))
+
 
 class AsyncClient(_BaseClient[httpx.AsyncClient]):
     """The same calls as :class:`Client`, awaitable."""
@@ -412,6 +441,17 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         """Every tag in use and how many images hold it."""
         return await self._run(_tag_counts(collection))
 
+    async def duplicates(
+        self,
+        collection: str,
+        threshold: float = 0.95,
+        *,
+        exact: bool = False,
+        timeout: float | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of copies across a collection (see :meth:`Client.duplicates`)."""
+        return await self._run(_duplicates(collection, threshold, exact, timeout))
+
 
 @dataclass(frozen=True)
 class RemoteCollection:
@@ -469,6 +509,12 @@ class RemoteCollection:
         """See ``Collection.tag_counts``."""
         return self.client.tag_counts(self.name)
 
+    def duplicates(
+        self, threshold: float = 0.95, *, exact: bool = False, timeout: float | None = None
+    ) -> list[DuplicateGroup]:
+        """See ``Collection.duplicates``."""
+        return self.client.duplicates(self.name, threshold, exact=exact, timeout=timeout)
+
 
 @dataclass(frozen=True)
 class AsyncRemoteCollection:
@@ -520,3 +566,9 @@ class AsyncRemoteCollection:
     async def tag_counts(self) -> dict[str, int]:
         """See ``Collection.tag_counts``."""
         return await self.client.tag_counts(self.name)
+
+    async def duplicates(
+        self, threshold: float = 0.95, *, exact: bool = False, timeout: float | None = None
+    ) -> list[DuplicateGroup]:
+        """See ``Collection.duplicates``."""
+        return await self.client.duplicates(self.name, threshold, exact=exact, timeout=timeout)

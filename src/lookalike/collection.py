@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from .prepare import content_hash
 from .query import Query, QueryPart
 from .results import combine, dedupe, hit_of, item_of, unit_vector
 from .tags import Tagging
-from .types import Hit, Item, MatchCount, Stats
+from .types import DuplicateGroup, Hit, Item, MatchCount, Stats
 
 if TYPE_CHECKING:
     from .verify import VerifyReport
@@ -332,6 +332,22 @@ class Collection(ImageAdding, Tagging, Exporting):
             QueryPart("image", next(bodies), part.weight) if part.kind == "url" else part
             for part in parts
         ]
+
+    def duplicates(
+        self,
+        threshold: float = 0.95,
+        *,
+        exact: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of copies across the collection, largest first, each with a suggested
+        ``keeper`` (most pixels, then bytes, then lowest id): images of one content hash, and
+        unless ``exact``, images whose vectors score at least ``threshold`` (a cosine in
+        (0, 1]). ``progress(done, total)`` follows the search (see :mod:`lookalike.duplicates`).
+        """
+        from .duplicates import find_duplicates
+
+        return find_duplicates(self.backend, threshold, exact=exact, progress=progress)
 
     def stats(self) -> Stats:
         """Counts, model and size on disk."""

@@ -7,11 +7,9 @@ import io
 import os
 import stat
 import struct
-import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, TiffImagePlugin, features
@@ -214,10 +212,10 @@ def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     """Resize the shortest side to ``size`` (bicubic), centre-crop to a square, return HxWx3 uint8.
 
     Equivalent to torchvision's Resize(size) + CenterCrop(size), but only the cropped
-    region is resampled. Where this process has torch loaded already (the engine does) and
-    torch has SIMD kernels for this CPU, downscaling runs through torch's antialiased bicubic,
-    the same filter as Pillow's (pixels within a few levels, about 3x faster);
-    otherwise, and in ingest workers, which never import torch, through Pillow's.
+    region is resampled. Always Pillow's bicubic, in every process: an image must give the
+    same pixels, so the same vector, whether an ingest worker or a query prepares it (torch's
+    faster kernel rounds otherwise, and searching by an image's own bytes then ranked its
+    near copy first).
     """
     if size < 1:
         raise ValueError(f"size must be at least 1, not {size}")
@@ -227,9 +225,6 @@ def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     side = min(width, height)
     if side == size and width == height:
         return np.array(image, dtype=np.uint8)
-    interpolate = _simd_interpolate()
-    if interpolate is not None and side > size:
-        return _resize_with_torch(interpolate, image, side, size)
     left = (width - side) / 2
     top = (height - side) / 2
     square = image.resize(
@@ -239,51 +234,6 @@ def to_model_input(image: Image.Image, size: int) -> np.ndarray:
         reducing_gap=3.0,
     )
     return np.array(square, dtype=np.uint8)
-
-
-def _simd_interpolate() -> Callable[..., Any] | None:
-    """torch's ``interpolate`` when torch is imported in this process and its uint8 antialiased
-    resize runs vectorised here (x86 with AVX2 or better, chosen at run time); else None.
-
-    torch is never imported for this: a worker process would pay a second of start-up and
-    hundreds of MB for a millisecond per image.
-    """
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    return _vectorised_interpolate(torch)
-
-
-@functools.cache
-def _vectorised_interpolate(torch: Any) -> Callable[..., Any] | None:
-    try:
-        capability = str(torch.backends.cpu.get_cpu_capability())
-        interpolate = torch.nn.functional.interpolate
-    except Exception:  # a partly imported or unusual torch: Pillow does the work
-        return None
-    # without these kernels torch's uint8 path is slower than Pillow's
-    return interpolate if capability.startswith(("AVX2", "AVX512")) else None
-
-
-def _resize_with_torch(
-    interpolate: Callable[..., Any], image: Image.Image, side: int, size: int
-) -> np.ndarray:
-    """The centre ``side`` square of an RGB ``image``, bicubic-downscaled to ``size``.
-
-    Only the square is handed to torch, so the outermost output pixels are filtered from the
-    square's own pixels (edges repeated) where Pillow also reads the pixels beyond it: on
-    photos they differ by a few levels at most. (A margin would need a crop at a fraction
-    of a pixel to keep the samples where Pillow takes them, which torch cannot do.)
-    """
-    torch = sys.modules["torch"]
-    width, height = image.size
-    left, top = (width - side) // 2, (height - side) // 2  # whole pixels: within 0.5 of centre
-    pixels = np.array(image.crop((left, top, left + side, top + side)), dtype=np.uint8)
-    # NCHW over HWC memory (channels last): the layout torch's vectorised uint8 kernel reads
-    batch = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
-    with torch.inference_mode():
-        square = interpolate(batch, size=(size, size), mode="bicubic", antialias=True)
-    return np.ascontiguousarray(square[0].permute(1, 2, 0).numpy())
 
 
 def make_thumbnail(image: Image.Image, max_side: int = 256) -> bytes:

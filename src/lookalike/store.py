@@ -727,6 +727,14 @@ class Store:
         )
         return {key: sorted(int(i) for i in ids.split(",")) for key, ids in found}
 
+    def content_copies(self) -> list[list[int]]:
+        """Ids of live rows sharing a content hash, one sorted list per hash held by several."""
+        found = self._select(
+            "SELECT group_concat(id) FROM items WHERE deleted = 0 "
+            "GROUP BY content_hash HAVING COUNT(*) > 1"
+        )
+        return [sorted(int(i) for i in ids.split(",")) for (ids,) in found]
+
     def stale_rows(self) -> list[Row]:
         """Live rows whose vector waits to be embedded again, in id order."""
         found = self._select(

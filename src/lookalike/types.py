@@ -97,3 +97,24 @@ class MatchCount:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DuplicateGroup:
+    """Images that are copies of one another: ``ids`` (the keeper first, then ascending),
+    the ``keeper`` suggested to keep, whether all are ``exact`` copies (one content hash),
+    and ``score``, the lowest cosine among the links found between them (1.0 for exact)."""
+
+    keeper: int
+    ids: list[int]
+    exact: bool
+    score: float
+
+    @property
+    def extras(self) -> list[int]:
+        """The ids other than the keeper: the copies one could remove or tag."""
+        return [i for i in self.ids if i != self.keeper]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return {**asdict(self), "extras": self.extras}

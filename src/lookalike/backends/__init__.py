@@ -57,6 +57,10 @@ class Backend(Protocol):
     def removed_by_key(self, key: str) -> Row | None:
         """The newest row a user removed under this path or URL."""
 
+    def content_copies(self) -> list[list[int]]:
+        """Ids of live rows holding the same content (hash), one sorted list per content
+        held by more than one row."""
+
     def stale_rows(self) -> list[Row]:
         """Live rows whose vector was lost and waits to be embedded again."""
 
@@ -82,13 +86,16 @@ class Backend(Protocol):
         exclude_ids: Iterable[int] = (),
         tags: Sequence[str] = (),
         exclude_tags: Sequence[str] = (),
+        min_score: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` live rows by inner product for each query row, best first.
 
         Only rows whose metadata equals each ``filter`` value, holding every one of ``tags``,
         none of ``exclude_tags``, and not in ``exclude_ids``, are candidates: k results come
-        back whenever k rows qualify. Returns (scores, ids), each (n_queries, k); missing
-        slots hold id -1 and score -inf.
+        back whenever k rows qualify. With ``min_score``, only results scoring at least that
+        are wanted (a duplicates pass): the others come back missing, and an approximate index
+        may search less widely. Returns (scores, ids), each (n_queries, k); missing slots hold
+        id -1 and score -inf.
         """
 
     def tags_of(self, ids: Sequence[int]) -> dict[int, list[str]]:

@@ -82,6 +82,10 @@ class EmbeddedBackend:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.removed_by_key(key)
 
+    def content_copies(self) -> list[list[int]]:
+        """See :class:`~lookalike.backends.Backend`."""
+        return self.store.content_copies()
+
     def stale_rows(self) -> list[Row]:
         """See :class:`~lookalike.backends.Backend`."""
         return self.store.stale_rows()
@@ -112,11 +116,12 @@ class EmbeddedBackend:
         exclude_ids: Iterable[int] = (),
         tags: Sequence[str] = (),
         exclude_tags: Sequence[str] = (),
+        min_score: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`~lookalike.backends.Backend`."""
         view = self.store.view()
         allowed = self._allowed(filter, list(exclude_ids), tags, exclude_tags)
-        return self.index.search(queries, k, view.count, allowed)
+        return self.index.search(queries, k, view.count, allowed, min_score)
 
     def allowed_ids(
         self,

@@ -7,7 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from ..store import VectorShards
-from .topk import RunningTopK
+from .topk import RunningTopK, at_least
 
 
 class VectorIndex(Protocol):
@@ -16,11 +16,18 @@ class VectorIndex(Protocol):
     kind: str
 
     def search(
-        self, queries: np.ndarray, k: int, count: int, allowed: np.ndarray | None
+        self,
+        queries: np.ndarray,
+        k: int,
+        count: int,
+        allowed: np.ndarray | None,
+        min_score: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` of the first ``count`` vectors for each query row.
 
         ``allowed`` is a boolean mask over ids (False excludes the id: deleted, filtered out).
+        ``min_score``: results scoring below it are not wanted (their slots come back
+        missing), which lets an approximate index search less widely.
         Returns (scores, ids), each of shape (n_queries, k), best first; missing slots
         hold id -1 and score -inf.
         """
@@ -36,7 +43,12 @@ class FlatIndex:
         self.vectors = vectors
 
     def search(
-        self, queries: np.ndarray, k: int, count: int, allowed: np.ndarray | None
+        self,
+        queries: np.ndarray,
+        k: int,
+        count: int,
+        allowed: np.ndarray | None,
+        min_score: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`VectorIndex`."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -46,4 +58,4 @@ class FlatIndex:
             if allowed is not None:
                 scores[:, ~allowed[start : start + len(block)]] = -np.inf
             best.add(scores, np.broadcast_to(np.arange(start, start + len(block)), scores.shape))
-        return best.result()
+        return at_least(*best.result(), min_score)

@@ -24,7 +24,7 @@ from ..errors import BadInputError
 from ..layout import INDEX_DIR, write_atomic
 from ..store import VectorShards
 from .rerank import EXACT_TAILS, Codes, choose_codec, rerank
-from .topk import RunningTopK
+from .topk import RunningTopK, at_least
 
 PARAMS_FILE = "ivf.json"  # names the current index file, so a crashed save leaves the old one
 EMPTY_FILE = "ivf-trained.faiss"  # quantizer and codebooks, no vectors: seeds the delta
@@ -32,6 +32,12 @@ EXACT_BELOW = 20_000  # allowed rows under which a filtered search is done exact
 TUNE_QUERIES = 200
 MIN_TRAIN = 256  # fewer vectors than this cannot train 4-bit PQ codebooks well
 TUNE_K = 20
+# A search for results scoring at least this (copies: bench/duplicates.py) probes at most
+# CLOSE_NPROBE lists and re-ranks 2k + 16 candidates: 2 lists of 512 and k + 1 candidates
+# found every planted copy at cosine >= 0.96 of 50,000 clustered 512-d vectors; at 1 M (4 of
+# 2048 lists) 99.9% (bench/RESULTS.md, Duplicates at 1 M).
+CLOSE_SCORE = 0.9
+CLOSE_NPROBE = 8
 
 
 @dataclass
@@ -101,28 +107,39 @@ class IvfIndex:
         return self.delta_upto - self.params.indexed_count
 
     def search(
-        self, queries: np.ndarray, k: int, count: int, allowed: np.ndarray | None
+        self,
+        queries: np.ndarray,
+        k: int,
+        count: int,
+        allowed: np.ndarray | None,
+        min_score: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """See :class:`lookalike.index.VectorIndex`."""
+        """See :class:`lookalike.index.VectorIndex`. With a ``min_score`` of at least
+        ``CLOSE_SCORE`` (copies, for a duplicates pass), fewer lists are probed and fewer
+        candidates re-ranked: vectors that close share the query's nearest lists and lead
+        its code ranking."""
         import faiss
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.catch_up(count)
         if allowed is not None and int(allowed.sum()) < max(EXACT_BELOW, k * self.params.rerank):
-            return self._search_subset(queries, k, count, allowed)
+            return at_least(*self._search_subset(queries, k, count, allowed), min_score)
+        nprobe = self.params.nprobe
         depth = max(k, TUNE_K) * self.params.rerank  # the depth recall was tuned at
+        if min_score is not None and min_score >= CLOSE_SCORE:
+            nprobe, depth = min(nprobe, CLOSE_NPROBE), min(depth, 2 * k + 16)
         selector = None  # no selector at all when every id may come back: nothing to scan
         if allowed is not None:
             bitmap = np.packbits(allowed[:count], bitorder="little")
             selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(bitmap))
-        options = _search_options(self.params.nlist, self.params.nprobe, selector)
+        options = _search_options(self.params.nlist, nprobe, selector)
         _, ids = self.base.search(queries, depth, params=options)
         if self.delta.ntotal:
             with self.lock:
                 _, more = self.delta.search(queries, depth, params=options)
             ids = np.concatenate([ids, more], axis=1)
         tail = self.params.exact_per_result
-        return rerank(self.vectors, self.codes, queries, ids, k, count, tail)
+        return at_least(*rerank(self.vectors, self.codes, queries, ids, k, count, tail), min_score)
 
     def _search_subset(
         self, queries: np.ndarray, k: int, count: int, allowed: np.ndarray

@@ -32,6 +32,7 @@ TRAIN_MAX = 65_536  # 256 points per 8-bit centroid: plenty for a codec
 # Of physical memory, what the re-rank data may take in the page cache (which must also hold
 # the hot rows and the index's own files).
 RAM_SHARE = 0.5
+PAIRS_AT_ONCE = 16_384  # (query, candidate) pairs scored together: 32 MB fetched at 512-d
 
 
 def choose_codec(count: int, dim: int, memory_budget: int | None = None) -> str:
@@ -167,13 +168,26 @@ def _decode(codes: Codes, vectors: VectorShards, ids: np.ndarray, count: int) ->
 
 
 def _scores(queries: np.ndarray, candidates: np.ndarray, fetch) -> np.ndarray:
-    """Inner products of each query with its candidates' fetched vectors; -inf for -1 ids."""
+    """Inner products of each query with its candidates' fetched vectors; -inf for -1 ids and
+    for repeats of an id in a row. A batch of queries (a duplicates pass) is scored in a few
+    vectorised blocks of pairs rather than query by query."""
     scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
-    for row, ids in enumerate(candidates):
-        valid = ids >= 0
-        if valid.any():
-            unique, where = np.unique(ids[valid], return_index=True)
-            row_scores = np.full(len(ids), -np.inf, dtype=np.float32)
-            row_scores[np.flatnonzero(valid)[where]] = fetch(unique) @ queries[row]
-            scores[row] = row_scores
+    wanted = candidates >= 0
+    ranked = np.sort(candidates, axis=1)
+    if ((ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0)).any():
+        wanted &= _first_slots(candidates)
+    rows, columns = np.nonzero(wanted)
+    ids = candidates[rows, columns]
+    for start in range(0, len(ids), PAIRS_AT_ONCE):  # bounds the fetched copy
+        part = slice(start, start + PAIRS_AT_ONCE)
+        products = np.einsum("ij,ij->i", fetch(ids[part]), queries[rows[part]])
+        scores[rows[part], columns[part]] = products
     return scores
+
+
+def _first_slots(candidates: np.ndarray) -> np.ndarray:
+    """Mask of the first slot of each id in each row (an id found twice is scored once)."""
+    first = np.zeros(candidates.shape, dtype=bool)
+    for row, ids in enumerate(candidates):
+        first[row, np.unique(ids, return_index=True)[1]] = True
+    return first

@@ -37,6 +37,16 @@ def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
+def at_least(
+    scores: np.ndarray, ids: np.ndarray, min_score: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Results scoring below ``min_score`` (when given) turned into missing slots."""
+    if min_score is None:
+        return scores, ids
+    below = scores < min_score
+    return np.where(below, -np.inf, scores).astype(np.float32), np.where(below, -1, ids)
+
+
 def pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows padded to k columns with score -inf and id -1; ids of -inf scores become -1."""
     ids = np.where(np.isfinite(scores), ids, -1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -22,7 +23,7 @@ from starlette.datastructures import UploadFile
 
 from .._version import __version__
 from ..collection import Collection
-from ..errors import BadInputError, ImageError, InvalidQueryError
+from ..errors import BadInputError, BusyError, ImageError, InvalidQueryError
 from ..fetch import is_url
 from ..imaging import ImageLimits, check_image
 from ..query import OPTIONS, Query
@@ -40,6 +41,9 @@ from .schemas import (
     CountBody,
     CountResponse,
     DeleteResponse,
+    DuplicateGroupBody,
+    DuplicatesBody,
+    DuplicatesResponse,
     FailedBody,
     HealthResponse,
     HitBody,
@@ -255,7 +259,54 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         collection.get(item_id)
         return DeleteResponse(removed=collection.remove(ids=[item_id]))
 
+    passes = threading.Lock()  # one duplicates pass at a time: each reads every vector
+
+    @api.get("/v1/collections/{name}/duplicates", response_model=DuplicatesResponse)
+    async def get_duplicates(
+        name: str,
+        threshold: Annotated[float, QueryParam(gt=0, le=1)] = 0.95,
+        exact: bool = False,
+    ) -> DuplicatesResponse:
+        """Groups of copies across the collection, each with a suggested keeper (the image
+        with the most pixels, then bytes, then the lowest id). A full pass over the
+        collection: minutes at millions of images."""
+        body = DuplicatesBody(threshold=threshold, exact=exact)
+        return await _duplicates(served[name], body, passes)
+
+    @api.post(
+        "/v1/collections/{name}/duplicates",
+        response_model=DuplicatesResponse,
+        openapi_extra={"requestBody": _DUPLICATES_REQUEST_BODY},
+    )
+    async def post_duplicates(name: str, request: Request) -> DuplicatesResponse:
+        """As GET, with the options in a JSON body (which may be empty)."""
+        collection = served[name]
+        raw = await request.body()
+        body = DuplicatesBody.model_validate(parse_json(raw, "the body") if raw.strip() else {})
+        return await _duplicates(collection, body, passes)
+
     return api
+
+
+async def _duplicates(
+    collection: Collection, body: DuplicatesBody, passes: threading.Lock
+) -> DuplicatesResponse:
+    """One duplicates pass, or 503 busy while another runs (minutes at millions of images)."""
+    if not passes.acquire(blocking=False):
+        raise BusyError("a duplicates pass is running on this server; try again when it ends")
+    try:
+        started = time.perf_counter()
+        groups = await run_in_threadpool(
+            functools.partial(collection.duplicates, body.threshold, exact=body.exact)
+        )
+    finally:
+        passes.release()
+    return DuplicatesResponse(
+        groups=[DuplicateGroupBody(**g.to_dict()) for g in groups],
+        threshold=body.threshold,
+        exact=body.exact,
+        took_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
 
 
 async def _search_query(request: Request, served: Served) -> Query:
@@ -404,6 +455,11 @@ _ADD_REQUEST_BODY = {
     },
 }
 
+_DUPLICATES_REQUEST_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DuplicatesBody"}}},
+}
+
 
 def _document_bodies(app: FastAPI, names: list[str]) -> None:
     """Complete the generated spec: the bodies parsed by hand (JSON or multipart) join its
@@ -414,7 +470,14 @@ def _document_bodies(app: FastAPI, names: list[str]) -> None:
         if app.openapi_schema is None:
             spec = generate()
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (SearchBody, CountBody, AddUrlsBody, KnnServiceBody, MetadataBody):
+            for model in (
+                SearchBody,
+                CountBody,
+                AddUrlsBody,
+                KnnServiceBody,
+                MetadataBody,
+                DuplicatesBody,
+            ):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema

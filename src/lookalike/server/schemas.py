@@ -276,3 +276,33 @@ class TaggedIdsResponse(BaseModel):
 
     tag: str
     ids: list[int]
+
+
+class DuplicatesBody(BaseModel):
+    """Which duplicates to find (POST body; GET takes the same as query parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(
+        0.95, gt=0, le=1, description="cosine from which two images count as near copies"
+    )
+    exact: bool = Field(False, description="only exact copies (same content), no vectors")
+
+
+class DuplicateGroupBody(BaseModel):
+    """Images that are copies of one another."""
+
+    keeper: int = Field(description="the image suggested to keep: most pixels, bytes, lowest id")
+    ids: list[int] = Field(description="the group's images, the keeper first")
+    extras: list[int] = Field(description="the images besides the keeper")
+    exact: bool = Field(description="whether all hold the same content")
+    score: float = Field(description="the lowest cosine among the links found (1 when exact)")
+
+
+class DuplicatesResponse(BaseModel):
+    """Groups of copies, largest first."""
+
+    groups: list[DuplicateGroupBody]
+    threshold: float
+    exact: bool
+    took_ms: float
