@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 $(LS_VENV)/.installed: $(VENV)/.installed
 	python3 -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install --quiet label-studio==$(LS_VERSION)
-	LABEL_STUDIO_VENV=$(LS_VENV) $(PY) tests/labelstudio_server.py template
+	LABEL_STUDIO_VENV=$(abspath $(LS_VENV)) $(PY) tests/labelstudio_server.py template
 	touch $@
 
 $(FO_VENV)/.installed: pyproject.toml
@@ -43,7 +43,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 test: lint $(LS_VENV)/.installed $(FO_VENV)/.installed
-	LABEL_STUDIO_VENV=$(LS_VENV) FIFTYONE_VENV=$(FO_VENV) $(PY) -m pytest
+	LABEL_STUDIO_VENV=$(abspath $(LS_VENV)) FIFTYONE_VENV=$(abspath $(FO_VENV)) $(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) $(FO_VENV) lookalike-demo .pytest_cache
