@@ -146,7 +146,8 @@ function queryBody(query) {
   const body = searchOptions(query);
   if (query.kind === 'id') {
     const ids = String(query.value).split(',').map(Number);
-    body.id = ids.length === 1 ? ids[0] : ids;
+    if (ids.length === 1) body.id = ids[0];
+    else body.query = ids.map((id) => ({ id })); // "more like these": one part an id
   } else if (query.kind) body[query.kind] = query.value;
   return body;
 }
