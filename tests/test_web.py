@@ -166,8 +166,10 @@ def _done(driver: webdriver.Chrome) -> None:
 
 
 def _result_ids(driver: webdriver.Chrome) -> list[int]:
-    cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
-    return [int(c.get_attribute("data-id")) for c in cards]
+    # read in one script: cards looked up one by one can be replaced in between (stale)
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#results .card')].map(c => Number(c.dataset.id))"
+    )
 
 
 def _indexed_folder(files: dict[int, Path]) -> Path:
@@ -492,6 +494,7 @@ def test_phone_layout(driver: webdriver.Chrome, long_url: str) -> None:
         driver.set_window_size(1280, 900)
 
 
+CURATION_SCREENSHOT = Path("/tmp/lookalike-web-curation.png")
 CURATION_PHONE_SCREENSHOT = Path("/tmp/lookalike-web-curation-phone.png")
 RECORD_BODIES = (
     "window.sent = []; const send = window.fetch;"
@@ -516,8 +519,7 @@ def test_relevance_feedback_rounds(driver: webdriver.Chrome, base_url: str) -> N
     driver.execute_script(RECORD_BODIES)
     first = _result_ids(driver)
     marks = driver.find_element(By.ID, "marks")
-    assert marks.text == "0 ✓ · 0 ✗"
-    assert not driver.find_element(By.ID, "next-round").is_enabled()
+    assert not driver.find_element(By.ID, "feedback").is_displayed()  # until a mark is made
 
     # marks toggle, show on the card and the counter, and go into the URL at once
     rel, irr = first[:2], first[5]
@@ -546,6 +548,7 @@ def test_relevance_feedback_rounds(driver: webdriver.Chrome, base_url: str) -> N
     _wait(driver, lambda d: "exact" in count.text, "the match count")
     assert count.text.startswith("17 exact score ≥ ")
     assert _sent(driver, "/count")[-1]["relevant"] == rel
+    assert driver.save_screenshot(str(CURATION_SCREENSHOT))
 
     # reload keeps the marks and the round
     driver.refresh()
@@ -560,7 +563,10 @@ def test_relevance_feedback_rounds(driver: webdriver.Chrome, base_url: str) -> N
     _done(driver)
     assert _sent(driver, "/search")[-1]["diverse"] == 0.6
     driver.find_element(By.ID, "clear-marks").click()
-    assert driver.find_element(By.ID, "marks").text == "0 ✓ · 0 ✗"
+    assert not driver.find_element(By.ID, "feedback").is_displayed()
+    assert driver.execute_script("return document.getElementById('marks').textContent") == (
+        "0 ✓ · 0 ✗"
+    )
     assert "rel=" not in driver.current_url and "div=0.6" in driver.current_url
 
 

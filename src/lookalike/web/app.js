@@ -508,10 +508,11 @@ function showLoading(query) {
 function showPreview(query) {
   els.previewButton.hidden = !(query.kind === 'upload' || query.kind === 'id');
   els.previewButton.disabled = query.kind !== 'id';
-  els.previewButton.title = query.kind === 'id' ? `Details of #${query.value}` : '';
+  els.previewButton.title = query.kind === 'id' ? `Details of #${String(query.value).split(',')[0]}` : '';
   if (query.kind === 'upload') setImage(els.preview, query.preview);
   else if (query.kind === 'id') {
-    setImage(els.preview, `${collectionPath(query.c)}/items/${Number(query.value)}/thumbnail`);
+    const first = Number(String(query.value).split(',')[0]); // of "more like these": the first
+    setImage(els.preview, `${collectionPath(query.c)}/items/${first}/thumbnail`);
   }
 }
 
@@ -878,7 +879,7 @@ function toggleMark(id, side) {
 function showMarks() {
   const { rel, irr } = state.marks;
   els.marks.textContent = `${rel.size} ✓ · ${irr.size} ✗`;
-  els.feedback.hidden = !state.query;
+  els.feedback.hidden = !state.query || !(rel.size || irr.size); // shown once one is marked
   els.nextRound.disabled = !(rel.size || irr.size) || !state.query;
   els.clearMarks.disabled = !(rel.size || irr.size);
   for (const item of els.results.children) {
@@ -1155,7 +1156,9 @@ function wire() {
     box.select();
   });
   els.previewButton.addEventListener('click', () => {
-    if (state.query && state.query.kind === 'id') openDetails(Number(state.query.value));
+    if (state.query && state.query.kind === 'id') {
+      openDetails(Number(String(state.query.value).split(',')[0]));
+    }
   });
   els.exportJson.addEventListener('click', () => exportJson());
   els.exportCsv.addEventListener('click', () => exportCsv());
