@@ -637,6 +637,14 @@ def test_selection_and_tags(driver: webdriver.Chrome, base_url: str) -> None:
     assert len(_result_ids(driver)) == 18 and not set(like) & set(_result_ids(driver))
     assert not bar.is_displayed()
 
+    # unlike these: the selection marked irrelevant, and the next round leaves it out
+    unlike = _result_ids(driver)[0]
+    driver.find_elements(By.CSS_SELECTOR, "#results .pick input")[0].click()
+    driver.find_element(By.ID, "unlike-these").click()
+    _wait(driver, lambda d: f"irr={unlike}" in d.current_url, "the irrelevant mark")
+    _done(driver)
+    assert unlike not in _result_ids(driver) and len(_result_ids(driver)) == 17
+
     # on a phone: marks, selection bar and tags fit without sideways scrolling
     driver.set_window_size(390, 844)
     try:
