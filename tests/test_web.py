@@ -166,8 +166,10 @@ def _done(driver: webdriver.Chrome) -> None:
 
 
 def _result_ids(driver: webdriver.Chrome) -> list[int]:
-    cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
-    return [int(c.get_attribute("data-id")) for c in cards]
+    # read in one script: cards looked up one by one can be replaced in between (stale)
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#results .card')].map(c => Number(c.dataset.id))"
+    )
 
 
 def _indexed_folder(files: dict[int, Path]) -> Path:
@@ -488,6 +490,169 @@ def test_phone_layout(driver: webdriver.Chrome, long_url: str) -> None:
         overflow = driver.execute_script("return document.documentElement.scrollWidth - innerWidth")
         assert overflow <= 0, "the page scrolls sideways"
         assert driver.save_screenshot(str(PHONE_SCREENSHOT))
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+CURATION_SCREENSHOT = Path("/tmp/lookalike-web-curation.png")
+CURATION_PHONE_SCREENSHOT = Path("/tmp/lookalike-web-curation-phone.png")
+RECORD_BODIES = (
+    "window.sent = []; const send = window.fetch;"
+    "window.fetch = (url, options = {}) => {"
+    "  if (typeof options.body === 'string') sent.push([String(url), JSON.parse(options.body)]);"
+    "  return send(url, options); };"
+)
+
+
+def _card(driver: webdriver.Chrome, item_id: int):
+    return driver.find_element(By.CSS_SELECTOR, f"#results .card[data-id='{item_id}']")
+
+
+def _sent(driver: webdriver.Chrome, path: str) -> list[dict]:
+    """JSON bodies the page sent to URLs ending in ``path`` since RECORD_BODIES ran."""
+    return [body for url, body in driver.execute_script("return sent") if url.endswith(path)]
+
+
+def test_relevance_feedback_rounds(driver: webdriver.Chrome, base_url: str) -> None:
+    driver.get(base_url + "/?c=photos&text=red")
+    _done(driver)
+    driver.execute_script(RECORD_BODIES)
+    first = _result_ids(driver)
+    marks = driver.find_element(By.ID, "marks")
+    assert not driver.find_element(By.ID, "feedback").is_displayed()  # until a mark is made
+
+    # marks toggle, show on the card and the counter, and go into the URL at once
+    rel, irr = first[:2], first[5]
+    for item in rel:
+        _card(driver, item).find_element(By.CSS_SELECTOR, ".mark-rel").click()
+    _card(driver, irr).find_element(By.CSS_SELECTOR, ".mark-irr").click()
+    _card(driver, irr).find_element(By.CSS_SELECTOR, ".mark-rel").click()  # switches sides...
+    _card(driver, irr).find_element(By.CSS_SELECTOR, ".mark-irr").click()  # ...and back
+    assert marks.text == "2 ✓ · 1 ✗"
+    pressed = _card(driver, irr).find_element(By.CSS_SELECTOR, ".mark-irr")
+    assert pressed.get_attribute("aria-pressed") == "true"
+    assert f"rel={rel[0]}%2C{rel[1]}" in driver.current_url
+    assert f"irr={irr}" in driver.current_url and "text=red" in driver.current_url
+
+    # the next round sends the query and the marks; marked ids leave the results
+    driver.find_element(By.ID, "next-round").click()
+    _done(driver)
+    _wait(driver, lambda d: _sent(d, "/search"), "the next round")
+    body = _sent(driver, "/search")[-1]
+    assert body == {"text": "red", "relevant": rel, "irrelevant": [irr], "k": 20}
+    second = _result_ids(driver)
+    assert second and not {*rel, irr} & set(second)
+    assert len(second) == 17
+    # the match count for the same query, at the last result's score: exact on 20 images
+    count = driver.find_element(By.ID, "count")
+    _wait(driver, lambda d: "exact" in count.text, "the match count")
+    assert count.text.startswith("17 exact score ≥ ")
+    assert _sent(driver, "/count")[-1]["relevant"] == rel
+    assert driver.save_screenshot(str(CURATION_SCREENSHOT))
+
+    # reload keeps the marks and the round
+    driver.refresh()
+    _done(driver)
+    assert _result_ids(driver) == second
+    assert driver.find_element(By.ID, "marks").text == "2 ✓ · 1 ✗"
+
+    # diversity is sent and kept in the URL; clearing the marks takes them from the URL
+    driver.execute_script(RECORD_BODIES)
+    Select(driver.find_element(By.ID, "diverse")).select_by_value("0.6")
+    _wait(driver, lambda d: "div=0.6" in d.current_url, "diversity in the URL")
+    _done(driver)
+    assert _sent(driver, "/search")[-1]["diverse"] == 0.6
+    driver.find_element(By.ID, "clear-marks").click()
+    assert not driver.find_element(By.ID, "feedback").is_displayed()
+    assert driver.execute_script("return document.getElementById('marks').textContent") == (
+        "0 ✓ · 0 ✗"
+    )
+    assert "rel=" not in driver.current_url and "div=0.6" in driver.current_url
+
+
+def test_selection_and_tags(driver: webdriver.Chrome, base_url: str) -> None:
+    driver.get(base_url + "/?c=photos&text=blue")
+    _done(driver)
+    shown = _result_ids(driver)
+    bar = driver.find_element(By.ID, "selection-bar")
+    assert not bar.is_displayed()
+
+    # a checkbox, then shift-click another: the range between; ctrl-click a picture adds one
+    boxes = driver.find_elements(By.CSS_SELECTOR, "#results .pick input")
+    boxes[0].click()
+    ActionChains(driver).key_down(Keys.SHIFT).click(boxes[2]).key_up(Keys.SHIFT).perform()
+    thumbs = driver.find_elements(By.CSS_SELECTOR, "#results .thumb")
+    ActionChains(driver).key_down(Keys.CONTROL).click(thumbs[4]).key_up(Keys.CONTROL).perform()
+    picked = [shown[0], shown[1], shown[2], shown[4]]
+    assert driver.find_element(By.ID, "selected-count").text == "4 selected"
+    assert "id=" not in driver.current_url  # ctrl-click selects, it does not search
+    assert [b.is_selected() for b in boxes[:5]] == [True, True, True, False, True]
+
+    # export the selection only
+    driver.execute_script(
+        "window.downloads = [];"
+        "HTMLAnchorElement.prototype.click = function () {"
+        "  if (this.download) fetch(this.href).then(r => r.text())"
+        "    .then(text => downloads.push([this.download, text])); };"
+    )
+    driver.find_element(By.ID, "export-selection-json").click()
+    _wait(driver, lambda d: d.execute_script("return downloads.length") == 1, "the export")
+    exported = json.loads(driver.execute_script("return downloads[0][1]"))
+    assert [r["id"] for r in exported["results"]] == picked
+
+    # tag the selection: the tag list counts it
+    driver.find_element(By.ID, "tag-selection").click()
+    alert = driver.switch_to.alert
+    alert.send_keys("picked")
+    alert.accept()
+    offer = "#tag-list .tag-offer[data-tag='picked']"
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, offer), "the tag in the list")
+    assert driver.find_element(By.CSS_SELECTOR, f"{offer} .tag-count").text == "4"
+
+    # a required tag filters the results to the tagged; excluding it leaves the others
+    driver.find_element(By.CSS_SELECTOR, f"{offer} .tag-need").click()
+    _wait(driver, lambda d: "tag=picked" in d.current_url, "the tag filter in the URL")
+    _done(driver)
+    assert sorted(_result_ids(driver)) == sorted(picked)
+    chip = driver.find_element(By.CSS_SELECTOR, "#tag-chips .chip.need")
+    assert chip.text == "has picked ×"
+    driver.find_element(By.CSS_SELECTOR, f"{offer} .tag-skip").click()
+    _wait(driver, lambda d: "xtag=picked" in d.current_url, "the exclusion in the URL")
+    _done(driver)
+    assert "tag=picked&" not in driver.current_url and len(_result_ids(driver)) == 16
+    assert not set(picked) & set(_result_ids(driver))
+    driver.find_element(By.CSS_SELECTOR, "#tag-chips .chip.skip").click()
+    _wait(driver, lambda d: "xtag=" not in d.current_url, "the exclusion dropped")
+    _done(driver)
+    assert len(_result_ids(driver)) == 20
+
+    # more like these: a search by the selected ids, which leave the results
+    boxes = driver.find_elements(By.CSS_SELECTOR, "#results .pick input")
+    like = _result_ids(driver)[:2]
+    boxes[0].click()
+    boxes[1].click()
+    driver.find_element(By.ID, "like-these").click()
+    _wait(driver, lambda d: f"id={like[0]}%2C{like[1]}" in d.current_url, "the search by ids")
+    _done(driver)
+    assert len(_result_ids(driver)) == 18 and not set(like) & set(_result_ids(driver))
+    assert not bar.is_displayed()
+
+    # unlike these: the selection marked irrelevant, and the next round leaves it out
+    unlike = _result_ids(driver)[0]
+    driver.find_elements(By.CSS_SELECTOR, "#results .pick input")[0].click()
+    driver.find_element(By.ID, "unlike-these").click()
+    _wait(driver, lambda d: f"irr={unlike}" in d.current_url, "the irrelevant mark")
+    _done(driver)
+    assert unlike not in _result_ids(driver) and len(_result_ids(driver)) == 17
+
+    # on a phone: marks, selection bar and tags fit without sideways scrolling
+    driver.set_window_size(390, 844)
+    try:
+        driver.find_elements(By.CSS_SELECTOR, "#results .mark-rel")[0].click()
+        driver.find_elements(By.CSS_SELECTOR, "#results .pick input")[1].click()
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - innerWidth")
+        assert overflow <= 0, "the page scrolls sideways"
+        assert driver.save_screenshot(str(CURATION_PHONE_SCREENSHOT))
     finally:
         driver.set_window_size(1280, 900)
 

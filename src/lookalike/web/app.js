@@ -1,6 +1,7 @@
 // The lookalike search page: query a collection by image, URL, text or a result's id.
-// The query lives in the page URL (?c=NAME&id=|text=|url=[&k=]), so searches can be shared and
-// the back button walks the trail of clicks.
+// The query lives in the page URL (?c=NAME&id=|text=|url=[&k=][&rel=&irr=][&tag=&xtag=][&div=]),
+// so searches (with their relevance marks and tag filters) can be shared and the back button
+// walks the trail of clicks.
 
 const DEFAULT_K = 20;
 const KEY_STORAGE = 'lookalike.apiKey';
@@ -44,6 +45,23 @@ const els = {
   detailsLink: $('#details-link'),
   detailsSimilar: $('#details-similar'),
   dropOverlay: $('#drop-overlay'),
+  diverse: $('#diverse'),
+  tagChips: $('#tag-chips'),
+  tagOffers: $('#tag-offers'),
+  tagList: $('#tag-list'),
+  feedback: $('#feedback'),
+  marks: $('#marks'),
+  nextRound: $('#next-round'),
+  clearMarks: $('#clear-marks'),
+  count: $('#count'),
+  selectionBar: $('#selection-bar'),
+  selectedCount: $('#selected-count'),
+  likeThese: $('#like-these'),
+  unlikeThese: $('#unlike-these'),
+  tagSelection: $('#tag-selection'),
+  exportSelectionJson: $('#export-selection-json'),
+  exportSelectionCsv: $('#export-selection-csv'),
+  clearSelection: $('#clear-selection'),
 };
 const EMPTY_HINT = els.empty.textContent.trim();
 
@@ -54,6 +72,10 @@ const state = {
   response: null, // its search response, once answered
   seq: 0, // number of the latest request; answers to older ones are dropped
   detailsId: null,
+  marks: { rel: new Set(), irr: new Set() }, // relevance marks, sent by the next round
+  filters: { tags: [], xtags: [] }, // tags required and excluded by the searches
+  selected: new Set(), // ids of the results picked for a bulk action
+  lastPicked: null, // index of the result picked last, where a shift-click range starts
 };
 const shown = new Map(); // history entry key -> {query, response}, for back and forward
 let entries = 0;
@@ -108,18 +130,42 @@ async function api(path, options = {}) {
 
 const collectionPath = (name) => `/v1/collections/${encodeURIComponent(name)}`;
 
+// The search options beyond the query itself: marks, tag filters and diversity, as API fields.
+function searchOptions(query) {
+  const options = {};
+  if (query.rel && query.rel.length) options.relevant = query.rel;
+  if (query.irr && query.irr.length) options.irrelevant = query.irr;
+  if (query.tags && query.tags.length) options.tags = query.tags;
+  if (query.xtags && query.xtags.length) options.exclude_tags = query.xtags;
+  if (query.diverse) options.diverse = query.diverse;
+  return options;
+}
+
+// The query as a JSON search body (not for uploads), less k.
+function queryBody(query) {
+  const body = searchOptions(query);
+  if (query.kind === 'id') {
+    const ids = String(query.value).split(',').map(Number);
+    if (ids.length === 1) body.id = ids[0];
+    else body.query = ids.map((id) => ({ id })); // "more like these": one part an id
+  } else if (query.kind) body[query.kind] = query.value;
+  return body;
+}
+
 function searchRequest(query) {
   if (query.kind === 'upload') {
     const form = new FormData();
     form.append('image', query.file, query.file.name || 'upload');
     form.append('k', String(query.k));
+    for (const [field, value] of Object.entries(searchOptions(query))) {
+      form.append(field, typeof value === 'number' ? String(value) : JSON.stringify(value));
+    }
     return { method: 'POST', body: form };
   }
-  const value = query.kind === 'id' ? Number(query.value) : query.value;
   return {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ [query.kind]: value, k: query.k }),
+    body: JSON.stringify({ ...queryBody(query), k: query.k }),
   };
 }
 
@@ -131,9 +177,15 @@ function queryProblem(query) {
       'bad_k',
     );
   }
-  if (query.kind === 'id' && !isCount(query.value, 0)) {
+  const ids = [
+    ...(query.kind === 'id' ? String(query.value).split(',') : []),
+    ...(query.rel || []),
+    ...(query.irr || []),
+  ];
+  const bad = ids.find((id) => !isCount(id, 0));
+  if (bad !== undefined) {
     return new ApiError(
-      `“${query.value}” is not an image id: ids are whole numbers, like 3.`,
+      `“${bad}” is not an image id: ids are whole numbers, like 3.`,
       'bad_id',
     );
   }
@@ -156,7 +208,7 @@ function isCount(value, least = 1) {
 
 // The server's error, told in the page's terms where it knows more.
 function explain(query, error) {
-  if (query.kind === 'id' && error.status === 404) {
+  if (query.kind === 'id' && !String(query.value).includes(',') && error.status === 404) {
     return new ApiError(
       `The collection “${query.c}” has no image #${query.value}: it may have been removed, or `
       + 'the link is wrong.',
@@ -266,7 +318,12 @@ function pageUrl(query) {
   const params = new URLSearchParams();
   if (query.c) params.set('c', query.c);
   if (LINKABLE.includes(query.kind)) params.set(query.kind, String(query.value));
-  if (query.kind && query.k !== DEFAULT_K) params.set('k', String(query.k));
+  if (runnable(query) && query.k !== DEFAULT_K) params.set('k', String(query.k));
+  if (query.rel && query.rel.length) params.set('rel', query.rel.join(','));
+  if (query.irr && query.irr.length) params.set('irr', query.irr.join(','));
+  for (const tag of query.tags || []) params.append('tag', tag);
+  for (const tag of query.xtags || []) params.append('xtag', tag);
+  if (query.diverse) params.set('div', String(query.diverse));
   const search = params.toString();
   return `${location.pathname}${search ? `?${search}` : ''}`;
 }
@@ -276,10 +333,22 @@ function queryFromPage() {
   const c = params.get('c');
   const raw = params.get('k');
   const k = raw === null ? DEFAULT_K : (isCount(raw) && Number(raw)) || raw; // bad: refused later
-  for (const kind of LINKABLE) {
-    if (params.has(kind)) return { c, kind, value: params.get(kind), k };
-  }
-  return { c, kind: null, k };
+  const ids = (name) => (params.get(name) || '').split(',').filter(Boolean)
+    .map((id) => (isCount(id, 0) ? Number(id) : id)); // bad: refused later
+  const options = {
+    rel: ids('rel'),
+    irr: ids('irr'),
+    tags: params.getAll('tag'),
+    xtags: params.getAll('xtag'),
+    diverse: Number(params.get('div')) || 0,
+  };
+  const kind = LINKABLE.find((name) => params.has(name)) || null;
+  return { c, kind, value: kind ? params.get(kind) : undefined, k, ...options };
+}
+
+// Whether a query has something to search by: an image, text or ids, or relevance marks.
+function runnable(query) {
+  return Boolean(query && (query.kind || (query.rel && query.rel.length)));
 }
 
 // Results asked for at a time: the page size chosen.
@@ -287,13 +356,13 @@ const pageSize = () => Number(els.k.value);
 
 function describe(query) {
   switch (query.kind) {
-    case 'id': return `Images like #${query.value}`;
+    case 'id': return `Images like ${String(query.value).split(',').map((id) => `#${id}`).join(', ')}`;
     case 'text': return `“${query.value}”`;
     case 'url': return `Image at ${query.value}`;
     case 'upload': return query.file && query.file.name && query.file.name !== 'image.png'
       ? `Uploaded image: ${query.file.name}`
       : 'Uploaded image';
-    default: return '';
+    default: return runnable(query) ? 'Images like the ones marked ✓' : '';
   }
 }
 
@@ -306,6 +375,8 @@ async function search(query, mode = 'push') {
   else if (mode === 'replace') history.replaceState(entry, '', pageUrl(query));
   if (query.kind === 'text') els.textInput.value = query.value;
   if (query.kind === 'url') els.urlInput.value = query.value;
+  setMarks(query);
+  showOptions(query);
 
   const seq = ++state.seq;
   state.query = query;
@@ -321,6 +392,7 @@ async function search(query, mode = 'push') {
     if (seq !== state.seq) return;
     shown.set(key, { query, response });
     render(query, response);
+    showCount(query, response, seq);
   } catch (error) {
     if (seq !== state.seq) return;
     showFailure(query, explain(query, error));
@@ -341,7 +413,7 @@ async function loadMore() {
     if (seq !== state.seq) return;
     state.query = more;
     const entry = history.state || { key: `e${Date.now()}-${entries++}`, kind: more.kind };
-    history.replaceState(entry, '', pageUrl(more));
+    history.replaceState(entry, '', markedUrl(more));
     shown.set(entry.key, { query: more, response: answer });
     render(more, answer, first);
   } catch (error) {
@@ -363,6 +435,7 @@ function searchFile(file) {
     file,
     preview: URL.createObjectURL(file),
     k: pageSize(),
+    ...chosenOptions(),
   });
 }
 
@@ -370,7 +443,7 @@ function searchBy(kind, value) {
   if (!state.current) return;
   const text = typeof value === 'string' ? value.trim() : value;
   if (text === '' || text === null || text === undefined) return;
-  search({ c: state.current.name, kind, value: text, k: pageSize() });
+  search({ c: state.current.name, kind, value: text, k: pageSize(), ...chosenOptions() });
 }
 
 // Shows what the page URL and history entry stand for: from memory when this entry was
@@ -382,13 +455,17 @@ function restore(entry) {
     showError(unknownCollection(fromPage.c));
     return;
   }
+  loadTags();
   const remembered = entry && shown.get(entry.key);
+  showOptions(fromPage);
+  setMarks(fromPage); // the marks in the link: those sent, and any made since
   if (remembered) {
     state.seq++;
     state.query = remembered.query;
     showInInputs(remembered.query);
     render(remembered.query, remembered.response);
-  } else if (fromPage.kind && state.current) {
+    showCount(remembered.query, remembered.response, state.seq);
+  } else if (runnable(fromPage) && state.current) {
     showInInputs(fromPage);
     search({ ...fromPage, c: state.current.name }, 'replace');
   } else {
@@ -431,10 +508,11 @@ function showLoading(query) {
 function showPreview(query) {
   els.previewButton.hidden = !(query.kind === 'upload' || query.kind === 'id');
   els.previewButton.disabled = query.kind !== 'id';
-  els.previewButton.title = query.kind === 'id' ? `Details of #${query.value}` : '';
+  els.previewButton.title = query.kind === 'id' ? `Details of #${String(query.value).split(',')[0]}` : '';
   if (query.kind === 'upload') setImage(els.preview, query.preview);
   else if (query.kind === 'id') {
-    setImage(els.preview, `${collectionPath(query.c)}/items/${Number(query.value)}/thumbnail`);
+    const first = Number(String(query.value).split(',')[0]); // of "more like these": the first
+    setImage(els.preview, `${collectionPath(query.c)}/items/${first}/thumbnail`);
   }
 }
 
@@ -462,6 +540,11 @@ function render(query, response, focus = null) {
   els.empty.hidden = n > 0;
   els.empty.textContent = 'No images matched.';
   setExports(n > 0);
+  const ids = new Set(response.results.map((hit) => hit.id));
+  state.selected = new Set([...state.selected].filter((id) => ids.has(id)));
+  state.lastPicked = null;
+  showMarks();
+  showSelection();
   // a full page may have more behind it; fewer than asked means that was all
   const total = state.current && state.current.name === query.c ? state.current.count : Infinity;
   els.more.hidden = n < query.k || n >= total;
@@ -481,6 +564,9 @@ function showFailure(query, error) {
   els.stats.textContent = 'Search failed';
   els.empty.hidden = true;
   setExports(false);
+  state.selected.clear();
+  showSelection();
+  els.count.textContent = '';
   if (error.status === 401) return; // the key prompt says it
   showError(error);
   if (hadFocus) els.error.focus();
@@ -506,6 +592,9 @@ function clearResults(hint) {
   els.empty.textContent = hint;
   els.empty.hidden = false;
   setExports(false);
+  state.selected.clear();
+  showSelection();
+  showMarks();
 }
 
 function formatMs(ms) {
@@ -547,7 +636,10 @@ function card(hit) {
     title: `Find images like #${hit.id}`,
   }, img);
   open.setAttribute('aria-label', `Find images like #${hit.id}${label ? ` (${label})` : ''}`);
-  open.addEventListener('click', () => searchBy('id', hit.id));
+  open.addEventListener('click', (event) => {
+    if (event.ctrlKey || event.metaKey || event.shiftKey) pick(hit.id, event.shiftKey, true);
+    else searchBy('id', hit.id);
+  });
 
   const more = el('button', { type: 'button', className: 'details-button', textContent: 'Details' });
   more.setAttribute('aria-label', `Details of #${hit.id}`);
@@ -564,7 +656,7 @@ function card(hit) {
     el('span', { className: 'id muted', textContent: `#${hit.id}` }),
     more,
   );
-  const item = el('li', { className: 'card' }, open, info);
+  const item = el('li', { className: 'card' }, open, info, cardMarks(hit.id));
   if (label && label !== hit.name) {
     item.append(el('p', { className: 'caption', textContent: label, title: label }));
   }
@@ -601,7 +693,8 @@ function moveInResults(event) {
   }[event.key];
   if (to === undefined) return;
   event.preventDefault();
-  const control = event.target.classList.contains('details-button') ? '.details-button' : '.thumb';
+  const control = ['.details-button', '.pick input', '.mark-rel', '.mark-irr']
+    .find((selector) => event.target.matches(selector)) || '.thumb';
   cards[to].querySelector(control).focus();
 }
 
@@ -670,9 +763,11 @@ async function openFullImage(event) {
 
 // ---- export --------------------------------------------------------------------------------
 
-function exportRows() {
+// The results shown (or those of them picked, given ids), with absolute links.
+function exportRows(ids = null) {
   const absolute = (url) => (url ? new URL(url, location.href).href : url);
-  return state.response.results.map((hit) => ({
+  const hits = state.response.results.filter((hit) => !ids || ids.has(hit.id));
+  return hits.map((hit) => ({
     ...hit,
     url: absolute(hit.url),
     thumbnail_url: absolute(hit.thumbnail_url),
@@ -692,7 +787,7 @@ function download(name, type, text) {
   setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
 }
 
-function exportJson() {
+function exportJson(ids = null) {
   const { query, response } = state;
   const described = LINKABLE.includes(query.kind) ? { [query.kind]: query.value } : { image: 'upload' };
   const data = {
@@ -700,7 +795,8 @@ function exportJson() {
     query: described,
     model: response.model,
     took_ms: response.took_ms,
-    results: exportRows(),
+    ...searchOptions(query),
+    results: exportRows(ids),
   };
   download(exportName('json'), 'application/json', `${JSON.stringify(data, null, 2)}\n`);
 }
@@ -713,8 +809,8 @@ function csvCell(value) {
 
 const CSV_FIELDS = ['id', 'score', 'name', 'path', 'width', 'height', 'url', 'thumbnail_url'];
 
-function exportCsv() {
-  const rows = exportRows();
+function exportCsv(ids = null) {
+  const rows = exportRows(ids);
   const metaKeys = [...new Set(rows.flatMap((r) => Object.keys(r.metadata || {})))].sort();
   // a metadata key named like a column of its own (name, url…) is told apart by a prefix
   const metaColumns = metaKeys.map(
@@ -727,6 +823,274 @@ function exportCsv() {
     ...metaKeys.map((key) => (r.metadata || {})[key]),
   ].map(csvCell).join(','));
   download(exportName('csv'), 'text/csv', `${[header.join(','), ...lines].join('\r\n')}\r\n`);
+}
+
+// ---- curation: relevance marks, tag filters, diversity, selection, counts -----------------
+
+// The options the controls hold, for a new query: no marks yet.
+function chosenOptions() {
+  return {
+    rel: [],
+    irr: [],
+    tags: [...state.filters.tags],
+    xtags: [...state.filters.xtags],
+    diverse: Number(els.diverse.value) || 0,
+  };
+}
+
+// The controls show a query's tag filters and diversity.
+function showOptions(query) {
+  state.filters = { tags: [...(query.tags || [])], xtags: [...(query.xtags || [])] };
+  const diverse = String(query.diverse || 0);
+  if (![...els.diverse.options].some((option) => option.value === diverse)) {
+    els.diverse.append(new Option(diverse, diverse)); // a link's own value
+  }
+  els.diverse.value = diverse;
+  showChips();
+}
+
+function setMarks(query) {
+  state.marks = { rel: new Set(query.rel || []), irr: new Set(query.irr || []) };
+  showMarks();
+}
+
+// The page URL for a query with the marks made so far (sent or not), so reload, back and
+// a shared link keep them.
+function markedUrl(query) {
+  return pageUrl({ ...query, rel: [...state.marks.rel], irr: [...state.marks.irr] });
+}
+
+function rememberMarks() {
+  if (state.query) history.replaceState(history.state, '', markedUrl(state.query));
+}
+
+// Marks a result relevant (`side` 'rel') or irrelevant ('irr'), or unmarks it.
+function toggleMark(id, side) {
+  const other = side === 'rel' ? 'irr' : 'rel';
+  if (state.marks[side].has(id)) state.marks[side].delete(id);
+  else {
+    state.marks[side].add(id);
+    state.marks[other].delete(id);
+  }
+  rememberMarks();
+  showMarks();
+}
+
+function showMarks() {
+  const { rel, irr } = state.marks;
+  els.marks.textContent = `${rel.size} ✓ · ${irr.size} ✗`;
+  els.feedback.hidden = !state.query || !(rel.size || irr.size); // shown once one is marked
+  els.nextRound.disabled = !(rel.size || irr.size) || !state.query;
+  els.clearMarks.disabled = !(rel.size || irr.size);
+  for (const item of els.results.children) {
+    const id = Number(item.dataset.id);
+    item.classList.toggle('marked-rel', rel.has(id));
+    item.classList.toggle('marked-irr', irr.has(id));
+    item.querySelector('.mark-rel').setAttribute('aria-pressed', String(rel.has(id)));
+    item.querySelector('.mark-irr').setAttribute('aria-pressed', String(irr.has(id)));
+  }
+}
+
+// Searches again: the query with the marks made and the options chosen (marked ids leave).
+function nextRound() {
+  const base = state.query;
+  if (!base) return;
+  search({
+    ...base,
+    ...chosenOptions(),
+    k: pageSize(),
+    rel: [...state.marks.rel],
+    irr: [...state.marks.irr],
+  });
+}
+
+function cardMarks(id) {
+  const box = el('input', { type: 'checkbox' });
+  box.setAttribute('aria-label', `Select #${id}`);
+  box.addEventListener('click', (event) => {
+    event.preventDefault(); // pick() sets it, so shift-click ranges stay in step
+    pick(id, event.shiftKey);
+  });
+  const rel = el('button', { type: 'button', className: 'mark mark-rel', textContent: '✓' });
+  rel.setAttribute('aria-label', `Mark #${id} relevant`);
+  rel.title = 'relevant';
+  rel.addEventListener('click', () => toggleMark(id, 'rel'));
+  const irr = el('button', { type: 'button', className: 'mark mark-irr', textContent: '✗' });
+  irr.setAttribute('aria-label', `Mark #${id} irrelevant`);
+  irr.title = 'irrelevant';
+  irr.addEventListener('click', () => toggleMark(id, 'irr'));
+  return el(
+    'div',
+    { className: 'card-marks' },
+    el('label', { className: 'pick', title: 'select (shift: a range)' }, box),
+    rel,
+    irr,
+  );
+}
+
+// Selects or unselects a result; `range` selects every result from the one picked last.
+function pick(id, range = false, fromThumb = false) {
+  const ids = [...els.results.children].map((item) => Number(item.dataset.id));
+  const index = ids.indexOf(id);
+  if (range && state.lastPicked !== null) {
+    const [from, to] = [state.lastPicked, index].sort((a, b) => a - b);
+    for (const each of ids.slice(from, to + 1)) state.selected.add(each);
+  } else if (state.selected.has(id)) state.selected.delete(id);
+  else state.selected.add(id);
+  state.lastPicked = index;
+  showSelection();
+  if (fromThumb) els.results.children[index].querySelector('.thumb').focus();
+}
+
+function showSelection() {
+  const n = state.selected.size;
+  els.selectionBar.hidden = n === 0;
+  els.selectedCount.textContent = `${n} selected`;
+  for (const item of els.results.children) {
+    const on = state.selected.has(Number(item.dataset.id));
+    item.classList.toggle('selected', on);
+    item.querySelector('.pick input').checked = on;
+  }
+}
+
+function clearSelection() {
+  state.selected.clear();
+  state.lastPicked = null;
+  showSelection();
+}
+
+// "Unlike these": the selection marked irrelevant, and the next round run.
+function unlikeSelection() {
+  for (const id of state.selected) {
+    state.marks.irr.add(id);
+    state.marks.rel.delete(id);
+  }
+  state.selected.clear();
+  nextRound();
+}
+
+async function tagSelection() {
+  const ids = [...state.selected];
+  const tag = (window.prompt(`Tag the ${ids.length} selected image(s) with:`) || '').trim();
+  if (!tag || !state.query) return;
+  try {
+    const { tagged } = await api(`${collectionPath(state.query.c)}/tags`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ tag, ids }),
+    });
+    els.stats.textContent = `Tagged ${tagged} image${tagged === 1 ? '' : 's'} “${tag}”`;
+    await loadTags();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// The collection's tags with their counts, offered as filters.
+async function loadTags() {
+  const c = state.current;
+  if (!c) return;
+  let tags;
+  try {
+    ({ tags } = await api(`${collectionPath(c.name)}/tags`));
+  } catch {
+    tags = {}; // an older server, or no access: no tags offered
+  }
+  if (state.current !== c) return;
+  state.tagCounts = tags;
+  showChips();
+}
+
+function chip(text, label, onClick, className = 'chip') {
+  const button = el('button', { type: 'button', className, textContent: text });
+  button.setAttribute('aria-label', label);
+  button.addEventListener('click', onClick);
+  return el('li', {}, button);
+}
+
+// The tag filters in force (click to drop one) and the collection's tags (require, exclude).
+function showChips() {
+  const { tags, xtags } = state.filters;
+  els.tagChips.replaceChildren(
+    ...tags.map((tag) => chip(`has ${tag} ×`, `Stop requiring tag ${tag}`, () => setFilter('tags', tag, false), 'chip need')),
+    ...xtags.map((tag) => chip(`not ${tag} ×`, `Stop excluding tag ${tag}`, () => setFilter('xtags', tag, false), 'chip skip')),
+  );
+  const offered = Object.entries(state.tagCounts || {});
+  els.tagOffers.hidden = offered.length === 0;
+  els.tagList.replaceChildren(...offered.map(([tag, n]) => {
+    const item = el(
+      'li',
+      { className: 'tag-offer' },
+      el('span', { className: 'tag-name', textContent: tag }),
+      el('span', { className: 'tag-count muted', textContent: String(n) }),
+    );
+    item.dataset.tag = tag;
+    const need = el('button', { type: 'button', className: 'tag-need', textContent: '+' });
+    need.setAttribute('aria-label', `Only images tagged ${tag}`);
+    need.title = 'only images with this tag';
+    need.disabled = tags.includes(tag);
+    need.addEventListener('click', () => setFilter('tags', tag, true));
+    const skip = el('button', { type: 'button', className: 'tag-skip', textContent: '−' });
+    skip.setAttribute('aria-label', `Exclude images tagged ${tag}`);
+    skip.title = 'leave out images with this tag';
+    skip.disabled = xtags.includes(tag);
+    skip.addEventListener('click', () => setFilter('xtags', tag, true));
+    item.append(need, skip);
+    return item;
+  }));
+}
+
+// Adds or drops a tag filter, and runs the query shown again with it.
+function setFilter(which, tag, on) {
+  const other = which === 'tags' ? 'xtags' : 'tags';
+  state.filters[which] = state.filters[which].filter((t) => t !== tag);
+  state.filters[other] = state.filters[other].filter((t) => t !== tag);
+  if (on) state.filters[which].push(tag);
+  showChips();
+  if (runnable(state.query)) nextRound();
+}
+
+// "≈ N (low–high)" or "N exact": how many images score at least the last result's score.
+async function showCount(query, response, seq) {
+  els.count.textContent = '';
+  const last = response.results[response.results.length - 1];
+  if (!last || query.kind === 'upload') return; // an upload is not sent twice
+  const minScore = Math.max(-1, Math.floor(last.score * 1000) / 1000);
+  let counted;
+  try {
+    counted = await api(`${collectionPath(query.c)}/count`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ ...queryBody(query), min_score: minScore }),
+    });
+  } catch {
+    return; // the results stand without a count
+  }
+  if (seq !== state.seq) return;
+  const n = (value) => Math.round(value).toLocaleString();
+  const how = counted.exact
+    ? `${n(counted.estimate)} exact`
+    : `≈ ${n(counted.estimate)} (${n(counted.low)}–${n(counted.high)})`;
+  els.count.textContent = `${how} score ≥ ${minScore.toFixed(3)}`;
+  els.count.title = `images scoring at least ${minScore} for this query, of ${n(counted.total)}`;
+}
+
+function wireCuration() {
+  els.nextRound.addEventListener('click', nextRound);
+  els.clearMarks.addEventListener('click', () => {
+    state.marks = { rel: new Set(), irr: new Set() };
+    rememberMarks();
+    showMarks();
+  });
+  els.diverse.addEventListener('change', () => {
+    if (runnable(state.query)) nextRound();
+  });
+  els.likeThese.addEventListener('click', () => searchBy('id', [...state.selected].join(',')));
+  els.unlikeThese.addEventListener('click', unlikeSelection);
+  els.tagSelection.addEventListener('click', tagSelection);
+  els.exportSelectionJson.addEventListener('click', () => exportJson(state.selected));
+  els.exportSelectionCsv.addEventListener('click', () => exportCsv(state.selected));
+  els.clearSelection.addEventListener('click', clearSelection);
 }
 
 // ---- API key -------------------------------------------------------------------------------
@@ -766,9 +1130,11 @@ function wire() {
   });
   els.collection.addEventListener('change', () => {
     selectCollection(els.collection.value);
+    state.filters = { tags: [], xtags: [] }; // tags belong to a collection
+    loadTags();
     const q = state.query;
     if (q && (q.kind === 'text' || q.kind === 'url' || q.kind === 'upload')) {
-      search({ ...q, c: state.current.name });
+      search({ ...q, c: state.current.name, ...chosenOptions() });
     } else {
       history.pushState({ key: `e${Date.now()}-${entries++}` }, '', pageUrl({ c: state.current.name }));
       clearResults(EMPTY_HINT);
@@ -790,10 +1156,13 @@ function wire() {
     box.select();
   });
   els.previewButton.addEventListener('click', () => {
-    if (state.query && state.query.kind === 'id') openDetails(Number(state.query.value));
+    if (state.query && state.query.kind === 'id') {
+      openDetails(Number(String(state.query.value).split(',')[0]));
+    }
   });
-  els.exportJson.addEventListener('click', exportJson);
-  els.exportCsv.addEventListener('click', exportCsv);
+  els.exportJson.addEventListener('click', () => exportJson());
+  els.exportCsv.addEventListener('click', () => exportCsv());
+  wireCuration();
   els.detailsLink.addEventListener('click', openFullImage);
   els.detailsSimilar.addEventListener('click', () => {
     els.details.close();
