@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from helpers import draw_image, encode  # noqa: E402
+from helpers import encode  # noqa: E402
 from lookalike import Collection, FetchError  # noqa: E402
+from lookalike.demo import draw_image  # noqa: E402
 from lookalike.server import ServerSettings, create_app  # noqa: E402
 
 
