@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .cli_query import query_options
 from .errors import BadInputError, LookalikeError
 from .query import Query
 
@@ -43,14 +44,6 @@ RuntimeOpt = Annotated[
 ]
 ThreadsOpt = Annotated[
     int | None, typer.Option(help="CPU threads of the model [default: physical cores].")
-]
-TagsOpt = Annotated[
-    list[str] | None,
-    typer.Option("--with-tag", help="Keep images holding this tag (repeatable: all)."),
-]
-ExcludeTagsOpt = Annotated[
-    list[str] | None,
-    typer.Option("--exclude-tag", help="Leave out images holding this tag (repeatable: any)."),
 ]
 
 
@@ -97,17 +90,6 @@ def _ray_add(
     return add
 
 
-RelevantOpt = Annotated[
-    list[int] | None,
-    typer.Option("--relevant", help="Id marked relevant (repeatable): relevance feedback."),
-]
-IrrelevantOpt = Annotated[
-    list[int] | None, typer.Option("--irrelevant", help="Id marked irrelevant (repeatable).")
-]
-DiverseOpt = Annotated[
-    float | None,
-    typer.Option(help="0 (relevance order) to 1 (most varied): spread the results."),
-]
 ServerOpt = Annotated[
     str | None,
     typer.Option(
@@ -344,35 +326,10 @@ def import_shards(
 
 
 @app.command()
+@query_options()
 def search(
     collection: CollectionArg,
-    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
-    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
-    url: Annotated[str | None, typer.Option(help="Query image URL.")] = None,
-    id: Annotated[
-        list[int] | None,
-        typer.Option("--id", help="Indexed image id (repeat for 'more like these')."),
-    ] = None,
-    vector: Annotated[
-        str | None,
-        typer.Option(help="Raw vector: comma-separated numbers, or a .npy / .json file."),
-    ] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="How many results.")] = 20,
-    filter: Annotated[
-        list[str] | None,
-        typer.Option("--filter", help="Metadata equality, KEY=VALUE (repeatable)."),
-    ] = None,
-    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
-    dedupe: Annotated[
-        float | None,
-        typer.Option(help="Drop results whose cosine to a better one is at least this."),
-    ] = None,
-    include_self: Annotated[bool, typer.Option(help="Keep --id images in results.")] = False,
-    with_tag: TagsOpt = None,
-    exclude_tag: ExcludeTagsOpt = None,
-    relevant: RelevantOpt = None,
-    irrelevant: IrrelevantOpt = None,
-    diverse: DiverseOpt = None,
+    query: Query,
     allow_private_urls: AllowPrivate = False,
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
@@ -380,35 +337,17 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the images most similar to the query: rank, score, id, path."""
-    query = Query.build(
-        text=text,
-        url=url,
-        image=_read_file(image) if image is not None else None,
-        id=id or None,
-        vector=_read_vector(vector) if vector else None,
-        k=k,
-        filter=_parse_filters(filter or []),
-        exclude_ids=exclude_id or [],
-        dedupe=dedupe,
-        include_self=include_self,
-        tags=with_tag or (),
-        exclude_tags=exclude_tag or (),
-        relevant=relevant or [],
-        irrelevant=irrelevant or [],
-        diverse=diverse,
-    )
     empty_reason = "the server found nothing: check --filter and --exclude-id"
-    with _naming_the_image(image):
-        if server:
-            from .client import Client
+    if server:
+        from .client import Client
 
-            with Client(server, api_key) as remote:
-                hits = remote.search(str(collection), query)
-        else:
-            with _open(collection, allow_private_urls, runtime) as col:
-                hits = col.search(query)
-                if not hits:
-                    empty_reason = _why_empty(col, collection, dict(query.filter or {}))
+        with Client(server, api_key) as remote:
+            hits = remote.search(str(collection), query)
+    else:
+        with _open(collection, allow_private_urls, runtime) as col:
+            hits = col.search(query)
+            if not hits:
+                empty_reason = _why_empty(col, collection, dict(query.filter or {}))
     if as_json:
         out.print_json(data=[h.to_dict() for h in hits])
         return
@@ -422,31 +361,13 @@ def search(
 
 
 @app.command()
+@query_options(k=None, ranking=False)
 def count(
     collection: CollectionArg,
+    query: Query,
     min_score: Annotated[
         float, typer.Option("--min-score", help="Count images scoring at least this (-1 to 1).")
     ],
-    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
-    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
-    url: Annotated[str | None, typer.Option(help="Query image URL.")] = None,
-    id: Annotated[
-        list[int] | None, typer.Option("--id", help="Indexed image id (repeatable).")
-    ] = None,
-    vector: Annotated[
-        str | None,
-        typer.Option(help="Raw vector: comma-separated numbers, or a .npy / .json file."),
-    ] = None,
-    filter: Annotated[
-        list[str] | None,
-        typer.Option("--filter", help="Metadata equality, KEY=VALUE (repeatable)."),
-    ] = None,
-    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
-    include_self: Annotated[bool, typer.Option(help="Count --id images too.")] = False,
-    relevant: RelevantOpt = None,
-    irrelevant: IrrelevantOpt = None,
-    with_tag: TagsOpt = None,
-    exclude_tag: ExcludeTagsOpt = None,
     allow_private_urls: AllowPrivate = False,
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
@@ -455,29 +376,14 @@ def count(
 ) -> None:
     """How many images score at least --min-score for a query (the options of `search`):
     exact up to 200,000 images, else estimated from a sample with a 95 % interval."""
-    query = Query.build(
-        text=text,
-        url=url,
-        image=_read_file(image) if image is not None else None,
-        id=id or None,
-        vector=_read_vector(vector) if vector else None,
-        filter=_parse_filters(filter or []),
-        exclude_ids=exclude_id or [],
-        include_self=include_self,
-        relevant=relevant or [],
-        irrelevant=irrelevant or [],
-        tags=with_tag or (),
-        exclude_tags=exclude_tag or (),
-    )
-    with _naming_the_image(image):
-        if server:
-            from .client import Client
+    if server:
+        from .client import Client
 
-            with Client(server, api_key) as remote:
-                counted = remote.count(str(collection), query, min_score=min_score)
-        else:
-            with _open(collection, allow_private_urls, runtime) as col:
-                counted = col.count(query, min_score=min_score)
+        with Client(server, api_key) as remote:
+            counted = remote.count(str(collection), query, min_score=min_score)
+    else:
+        with _open(collection, allow_private_urls, runtime) as col:
+            counted = col.count(query, min_score=min_score)
     if as_json:
         out.print_json(data=counted.to_dict())
     elif counted.exact:
@@ -488,23 +394,6 @@ def count(
             f"{counted.high}; from a sample of {counted.sampled})",
             highlight=False,
         )
-
-
-@contextlib.contextmanager
-def _naming_the_image(image: Path | None) -> Iterator[None]:
-    """Errors about the query image name its file: decoding only sees bytes."""
-    from .errors import ImageError
-
-    try:
-        yield
-    except ImageError as error:
-        if image is None:
-            raise
-        raise ImageError(f"--image {image}: {error}") from error
-    except LookalikeError as error:
-        if image is None or getattr(error, "code", "") != "bad_image":
-            raise
-        raise ImageError(f"--image {image}: {getattr(error, 'message', error)}") from error
 
 
 def _why_empty(col: Any, path: Path, filters: dict[str, Any]) -> str:
@@ -631,39 +520,16 @@ def _ids_given(ids: list[int] | None, results: Path | None) -> list[int]:
 
 
 @app.command()
+@query_options(k=None)
 def export(
     collection: CollectionArg,
+    query: Query,
     out_path: Annotated[Path, typer.Option("--out", help="File or new folder to write.")],
     format: Annotated[
         str,
         typer.Option("--format", help="json, jsonl, csv, folder, label-studio, cvat or fiftyone."),
     ] = "jsonl",
-    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
-    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
-    url: Annotated[str | None, typer.Option(help="Query image URL.")] = None,
-    id: Annotated[
-        list[int] | None, typer.Option("--id", help="Indexed image id (repeatable).")
-    ] = None,
-    vector: Annotated[
-        str | None,
-        typer.Option(help="Raw vector: comma-separated numbers, or a .npy / .json file."),
-    ] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="How many results (up to 1,000,000).")] = 1000,
-    filter: Annotated[
-        list[str] | None,
-        typer.Option("--filter", help="Metadata equality, KEY=VALUE (repeatable)."),
-    ] = None,
-    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
-    with_tag: TagsOpt = None,
-    exclude_tag: ExcludeTagsOpt = None,
-    relevant: RelevantOpt = None,
-    irrelevant: IrrelevantOpt = None,
-    diverse: DiverseOpt = None,
-    dedupe: Annotated[
-        float | None,
-        typer.Option(help="Drop results whose cosine to a better one is at least this."),
-    ] = None,
-    include_self: Annotated[bool, typer.Option(help="Keep --id images in results.")] = False,
     tag: Annotated[
         str | None, typer.Option("--tag", help="Tag what is exported, e.g. exported:batch-3.")
     ] = None,
@@ -691,26 +557,10 @@ def export(
     """Write the results of a search to a file or folder, for people or a labeling tool."""
     from .export import MAX_EXPORT_K
 
-    search = {
-        "text": text,
-        "url": url,
-        "image": _read_file(image) if image is not None else None,
-        "id": id or None,
-        "vector": _read_vector(vector) if vector else None,
-        "filter": _parse_filters(filter or []),
-        "exclude_ids": exclude_id or [],
-        "dedupe": dedupe,
-        "include_self": include_self,
-        "tags": with_tag or (),
-        "exclude_tags": exclude_tag or (),
-        "relevant": relevant or (),
-        "irrelevant": irrelevant or (),
-        "diverse": diverse,
-    }
     if isinstance(k, int) and not 1 <= k <= MAX_EXPORT_K:
         raise BadInputError(f"-k must be from 1 to {MAX_EXPORT_K:,}")
     label_list = [part.strip() for part in labels.split(",")] if labels else []
-    with _naming_the_image(image), _open(collection, allow_private_urls, runtime) as col:
+    with _open(collection, allow_private_urls, runtime) as col:
         report = col.export(
             out_path,
             format,
@@ -721,7 +571,7 @@ def export(
             base_url=base_url,
             local_files_root=local_files_root,
             name=name,
-            **search,
+            query=query,
         )
     if as_json:
         out.print_json(data=report.to_dict())
@@ -1261,39 +1111,6 @@ def _discard_if_empty(collection: Path) -> None:
     shutil.rmtree(collection, ignore_errors=True)
 
 
-def _parse_filters(pairs: list[str]) -> dict[str, Any]:
-    filters: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadInputError(f"--filter {pair!r} must look like KEY=VALUE")
-        try:
-            filters[key] = json.loads(value)
-        except ValueError:
-            filters[key] = value
-    return filters
-
-
-def _read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise BadInputError(f"cannot read {path}: {error.strerror}") from error
-
-
-def _read_vector(value: str) -> list[float]:
-    import numpy as np
-
-    path = Path(value)
-    if path.suffix in {".npy", ".json"} and path.is_file():
-        data = np.load(path) if path.suffix == ".npy" else json.loads(path.read_text())
-        return np.asarray(data, dtype=np.float32).ravel().tolist()
-    try:
-        return [float(x) for x in value.split(",")]
-    except ValueError:
-        raise BadInputError("--vector takes comma-separated numbers or a .npy/.json file") from None
-
-
 def main() -> None:
     """Entry point: run the app, turning lookalike errors into one clear line."""
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
@@ -1325,7 +1142,7 @@ def _add_labeling_commands() -> None:
     """``labelstudio`` and ``cvat`` live in their own module (lookalike.cli_labeling)."""
     from .cli_labeling import CliParts, install
 
-    install(app, CliParts(_open, _parse_filters, _read_file, out, err))
+    install(app, CliParts(_open, out, err))
 
 
 _add_labeling_commands()

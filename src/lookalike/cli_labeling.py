@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from .cli_query import query_options
 from .errors import BadInputError
 from .query import Query
 
@@ -24,8 +25,6 @@ class CliParts:
     """What these commands share with the main CLI."""
 
     open: Callable[[Path], Any]  # a collection folder -> an open Collection, or a clear error
-    parse_filters: Callable[[list[str]], dict[str, Any]]  # KEY=VALUE options -> a filter
-    read_file: Callable[[Path], bytes]  # a query image file -> its bytes, or a clear error
     out: Console
     err: Console
 
@@ -65,35 +64,6 @@ StudioKey = Annotated[
 ]
 
 
-def _query(
-    text: str | None,
-    image: Path | None,
-    id: list[int] | None,
-    k: int,
-    filter: list[str] | None,
-    exclude_id: list[int] | None,
-    tag: list[str] | None,
-    exclude_tag: list[str] | None,
-    dedupe: float | None,
-    diverse: float | None = None,
-    **marks: list[int],
-) -> Query:
-    return Query.build(
-        text=text,
-        image=_cli().read_file(image) if image is not None else None,
-        id=id or None,
-        k=k,
-        filter=_cli().parse_filters(filter or []),
-        exclude_ids=exclude_id or [],
-        tags=tag or [],
-        exclude_tags=exclude_tag or [],
-        dedupe=dedupe,
-        diverse=diverse,
-        relevant=marks.get("relevant", []),  # relevance feedback
-        irrelevant=marks.get("irrelevant", []),
-    )
-
-
 def _links(image_server: str | None, name: str | None, root: Path | None, secret: str | None):
     from .integrations.labelstudio import local_file_links, signed_links
 
@@ -108,25 +78,12 @@ def _links(image_server: str | None, name: str | None, root: Path | None, secret
 
 
 @labelstudio_app.command("push")
+@query_options(k=100, k_help="How many hits to send.", without=("url",))  # --url: Label Studio's
 def labelstudio_push(
     collection: CollectionArg,
     url: StudioUrl,
     project: ProjectOpt,
-    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
-    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
-    id: Annotated[list[int] | None, typer.Option("--id", help="Indexed image id.")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="How many hits to send.")] = 100,
-    filter: Annotated[
-        list[str] | None, typer.Option("--filter", help="Metadata equality, KEY=VALUE.")
-    ] = None,
-    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--with-tag", help="Only images with this tag.")
-    ] = None,
-    exclude_tag: Annotated[
-        list[str] | None,
-        typer.Option(help="Skip images with this tag, e.g. exported:PROJECT (repeatable)."),
-    ] = None,
+    query: Query,
     relevant_tag: Annotated[
         list[str] | None,
         typer.Option(help="Images with this tag are marked relevant, e.g. label:police_car."),
@@ -134,18 +91,6 @@ def labelstudio_push(
     irrelevant_tag: Annotated[
         list[str] | None,
         typer.Option(help="Images with this tag are marked irrelevant, e.g. label:other."),
-    ] = None,
-    relevant: Annotated[
-        list[int] | None, typer.Option("--relevant", help="Id marked relevant (repeatable).")
-    ] = None,
-    irrelevant: Annotated[
-        list[int] | None, typer.Option("--irrelevant", help="Id marked irrelevant (repeatable).")
-    ] = None,
-    diverse: Annotated[
-        float | None, typer.Option(help="0 (relevance order) to 1 (most varied): spread them.")
-    ] = None,
-    dedupe: Annotated[
-        float | None, typer.Option(help="Drop near duplicates at this cosine.")
     ] = None,
     labels: Annotated[
         str | None, typer.Option(help="Comma-separated labels, to make the project.")
@@ -180,12 +125,10 @@ def labelstudio_push(
             if relevant_tag or irrelevant_tag
             else {}
         )
-        marks = {  # marked by id and by tag alike
-            "relevant": [*marks.get("relevant", []), *(relevant or [])],
-            "irrelevant": [*marks.get("irrelevant", []), *(irrelevant or [])],
-        }
-        query = _query(
-            text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe, diverse, **marks
+        query = Query.build(  # marked by id and by tag alike
+            query,
+            relevant=[*query.relevant, *marks.get("relevant", [])],
+            irrelevant=[*query.irrelevant, *marks.get("irrelevant", [])],
         )
         report = push(col, studio, project, query, check_labels(labels) if labels else None, links)
     _cli().out.print(
@@ -234,28 +177,13 @@ def labelstudio_pull(
 
 
 @cvat_app.command("push")
+@query_options(k=100, k_help="How many hits to send.")
 def cvat_push(
     collection: CollectionArg,
     host: Annotated[str, typer.Option(help="CVAT's URL.")],
     task: Annotated[str, typer.Option(help="Name of the task to make.")],
     labels: Annotated[str, typer.Option(help="Comma-separated labels of the task.")],
-    text: Annotated[str | None, typer.Option(help="Text query.")] = None,
-    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
-    id: Annotated[list[int] | None, typer.Option("--id", help="Indexed image id.")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="How many hits to send.")] = 100,
-    filter: Annotated[
-        list[str] | None, typer.Option("--filter", help="Metadata equality, KEY=VALUE.")
-    ] = None,
-    exclude_id: Annotated[list[int] | None, typer.Option(help="Leave out this id.")] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--with-tag", help="Only images with this tag.")
-    ] = None,
-    exclude_tag: Annotated[
-        list[str] | None, typer.Option(help="Skip images with this tag (repeatable).")
-    ] = None,
-    dedupe: Annotated[
-        float | None, typer.Option(help="Drop near duplicates at this cosine.")
-    ] = None,
+    query: Query,
 ) -> None:
     """Make a CVAT task of a search's hits (files in rank order, label:NAME tags as CVAT
     tags); tag the hits exported:cvat:TASK. Credentials: $CVAT_ACCESS_TOKEN, or
@@ -265,7 +193,6 @@ def cvat_push(
     from .integrations.cvat import push
     from .integrations.labelstudio import check_labels
 
-    query = _query(text, image, id, k, filter, exclude_id, tag, exclude_tag, dedupe)
     with tempfile.TemporaryDirectory() as workdir, _cli().open(collection) as col:
         task_id, made = push(col, query, host, task, check_labels(labels), Path(workdir))
     _cli().out.print(f"CVAT task {task_id}: {len(made.ids)} images", highlight=False, markup=False)
