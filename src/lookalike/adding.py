@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from .encoders import Encoder
 
 
+INLINE_ADD = 32  # images added at once that decode in this process (a server's uploads)
+
+
 class ImageAdding:
     """``add``, ``add_images``, ``add_vectors``, ``reembed`` and ``remove``."""
 
@@ -122,6 +125,8 @@ class ImageAdding:
                     roots.add(str(Path(locator).parent))
             stat = file_stat(locator)
             items.append(SourceItem(locator, dict(meta or {}), *stat))
+        if len(items) <= INLINE_ADD and "workers" not in options:
+            options["workers"] = 0  # a pool of decode processes takes longer to start
         report = self._ingest(self._fetched(items), sorted(roots), progress, options)
         for locator, _ in report.failed:  # an upload that did not decode is not kept
             if locator in kept and self.backend.live_by_key(locator) is None:

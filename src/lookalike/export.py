@@ -160,7 +160,7 @@ def search_all(collection: Collection, query: Query, k: int) -> Iterator[Hit]:
     check_export_k(k)
     if query.relevant or query.irrelevant or query.diverse:
         # ranked by a model of the marks, or re-ranked for variety: no one vector to page by,
-        # so each page runs the whole query (the first fails a bad one before any is written)
+        # so each page runs the whole query
         return _pages(collection, replace(query, k=min(k, MAX_K)), k)
     vector = collection.embed(query)
     base = replace(
@@ -175,18 +175,24 @@ def search_all(collection: Collection, query: Query, k: int) -> Iterator[Hit]:
 
 
 def _pages(collection: Collection, base: Query, k: int) -> Iterator[Hit]:
+    """The hits of ``base``, ``k`` in all, a search of at most ``MAX_K`` at a time, each leaving
+    out the ids before it. The first search runs now, so a bad query (an unknown marked id)
+    fails before anything is written or streamed."""
+    wanted = min(k, MAX_K)
+    return _following(collection, base, k, wanted, collection.search(replace(base, k=wanted)))
+
+
+def _following(
+    collection: Collection, base: Query, k: int, wanted: int, page: list[Hit]
+) -> Iterator[Hit]:
     done: list[int] = []
-    while len(done) < k:
-        wanted = min(k - len(done), MAX_K)
-        page = collection.search(
-            replace(
-                base, k=wanted, exclude_ids=(*base.exclude_ids, *done) if done else base.exclude_ids
-            )
-        )
+    while True:
         yield from page
         done += [hit.id for hit in page]
-        if len(page) < wanted:
+        if len(page) < wanted or len(done) >= k:
             return
+        wanted = min(k - len(done), MAX_K)
+        page = collection.search(replace(base, k=wanted, exclude_ids=(*base.exclude_ids, *done)))
 
 
 def records(hits: Iterable[Hit], collection: Collection | None = None) -> Iterator[Record]:
