@@ -106,6 +106,16 @@ def index(
             help="Retrain the vector index afterwards (kind chosen from the collection's size)."
         ),
     ] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Where a new collection keeps rows, vectors and index: embedded (in its "
+            "folder) or milvus (a Milvus server at --uri) [default: embedded]."
+        ),
+    ] = None,
+    uri: Annotated[
+        str | None, typer.Option(help="The server of --backend milvus, e.g. http://HOST:19530.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add the images of SOURCES to a collection; images already there are skipped. Images
@@ -129,6 +139,8 @@ def index(
                 weights=weights,
                 exist_ok=True,
                 device=device,
+                backend=backend,
+                uri=uri,
                 fetch_policy=FetchPolicy(allow_private=allow_private_urls),
                 runtime=runtime,
                 threads=threads,
@@ -281,7 +293,7 @@ def _why_empty(col: Any, path: Path, filters: dict[str, Any]) -> str:
         return f"{path} holds no images; add some with `lookalike index SOURCES -c {path}`"
     if not filters:
         return "every image was excluded (--id queries and --exclude-id are left out)"
-    keys = col.store.metadata_keys()
+    keys = col.backend.metadata_keys()
     known = ", ".join(keys) if keys else "none"
     unknown = sorted(set(filters) - set(keys))
     if unknown:
@@ -713,7 +725,7 @@ def _discard_if_empty(collection: Path) -> None:
     if (collection / MANIFEST).exists():
         try:
             with Collection.open(collection) as col:
-                if col.store.count:
+                if col.backend.count:
                     return
         except LookalikeError:
             pass  # half made: nothing in it is worth keeping

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backends import Backend, open_backend
+from .backends import Backend, check_backend, new_backend, open_backend
 from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import (
     BadInputError,
@@ -81,10 +81,14 @@ class Collection:
         weights: str | os.PathLike[str] | None = None,
         device: str | None = None,
         exist_ok: bool = False,
+        backend: str | None = None,
+        uri: str | None = None,
         **options: Any,
     ) -> Collection:
         """Make a new collection at ``path`` whose images are embedded by ``model``.
 
+        ``backend`` chooses where rows, vectors and index live: "embedded" (the default, all
+        in the folder) or "milvus" (a Milvus server at ``uri``, e.g. "http://HOST:19530").
         With ``exist_ok``, an existing collection made with the same model is opened instead.
         ``runtime`` ("auto", "torch", "onnx", "onnx-int8") and ``threads`` choose how the model
         runs in this process (see :mod:`lookalike.encoders.runtime`); ``open`` takes them too.
@@ -95,6 +99,7 @@ class Collection:
         if (root / MANIFEST).exists():
             if not exist_ok:
                 raise CollectionError(f"{root} already holds a collection")
+            check_backend(root, read_manifest(root), backend, uri)
             collection = cls.open(root, device=device, **options)
             if model != collection.model:
                 raise ModelMismatchError(f"{root} was made with {collection.model}, not {model}")
@@ -106,6 +111,7 @@ class Collection:
             model, weights_path, device, options.get("runtime", "auto"), options.get("threads")
         )
         manifest = new_manifest(encoder.spec, weights_path, encoder.dim)
+        manifest.update(new_backend(backend or "embedded", encoder.dim, uri))
         write_manifest(root, manifest)
         return cls(root, manifest, device=device, encoder=encoder, **options)
 
