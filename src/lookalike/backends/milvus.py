@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -219,13 +220,36 @@ def search_params(index_type: str, k: int) -> dict[str, Any]:
     return {"metric_type": "IP", "params": {}}
 
 
-# -- creating one ---------------------------------------------------------------------------
+# -- creating one ------------------------------------------------------------------------------
+
+LOAD_TIMEOUT_S = 600.0
+
+
+def load(collection: Any) -> None:
+    """Load a Milvus collection for search and wait until it is (pymilvus' own wait polls
+    every 0.5 s; loading a small collection takes a fraction of that)."""
+    pymilvus = _pymilvus()
+    collection.load(_async=True)
+    deadline = time.monotonic() + LOAD_TIMEOUT_S
+    using = collection._using
+    while pymilvus.utility.loading_progress(collection.name, using=using).get(
+        "loading_progress"
+    ) not in ("100%", 100):
+        if time.monotonic() > deadline:
+            raise CollectionError(f"Milvus did not load {collection.name} in {LOAD_TIMEOUT_S} s")
+        time.sleep(0.02)
 
 
 def connect(uri: str) -> str:
     """A new pymilvus connection alias to ``uri``; CollectionError when it cannot be reached."""
-    if not isinstance(uri, str) or "://" not in uri:
+    parts = urlsplit(uri) if isinstance(uri, str) else None
+    if parts is None or parts.scheme not in ("http", "https", "tcp") or not parts.hostname:
         raise BadInputError(f"a Milvus URI looks like http://HOST:19530 (got {uri!r:.80})")
+    try:  # a refused port fails now, not after pymilvus' own retries
+        port = parts.port or 19530
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise CollectionError(f"cannot reach Milvus at {uri}: {error}") from error
     pymilvus = _pymilvus()
     alias = f"lookalike-{uuid.uuid4().hex}"
     try:
@@ -277,7 +301,7 @@ def create_collection(uri: str, dim: int, name: str | None = None) -> dict[str, 
                 raise CollectionError(f"Milvus at {uri} already holds a collection named {name}")
             collection = pymilvus.Collection(name, schema, using=alias, consistency_level="Strong")
             collection.create_index("vector", index_params("flat", 0))
-            collection.load()
+            load(collection)
     finally:
         pymilvus.connections.disconnect(alias)
     return {"backend": "milvus", "milvus": {"uri": uri, "collection": name}}
@@ -309,7 +333,7 @@ class MilvusBackend:
                     "was it dropped, or is this another server?"
                 )
             self._collection = self._pymilvus.Collection(self.name, using=self._alias)
-            self._collection.load()
+            load(self._collection)
         self._mutex = threading.RLock()  # guards the cached state
         self._writer = threading.RLock()  # orders this process's writers; the flock the rest
         self._depth = 0
@@ -683,9 +707,10 @@ class MilvusBackend:
 
     def add_roots(self, paths: Iterable[str]) -> None:
         """See :class:`~lookalike.backends.Backend`."""
-        roots = set(self._current()["roots"]) | set(paths)
-        if roots != set(self._state["roots"]):
-            self._save(roots=sorted(roots))
+        with self.writing():
+            roots = set(self._current()["roots"]) | set(paths)
+            if roots != set(self._state["roots"]):
+                self._save(roots=sorted(roots))
 
     def keep_up(self) -> None:
         """See :class:`~lookalike.backends.Backend`: Milvus indexes new segments itself;
@@ -704,7 +729,7 @@ class MilvusBackend:
                 self._collection.release()
                 self._collection.drop_index()
                 self._collection.create_index("vector", params)
-                self._collection.load()
+                load(self._collection)
             self._save(index=params["index_type"])
         return KIND_OF[params["index_type"]]
 
@@ -781,26 +806,75 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+ETCD_CONFIG = """name: default
+listen-client-urls: http://127.0.0.1:{client}
+advertise-client-urls: http://127.0.0.1:{client}
+listen-peer-urls: http://127.0.0.1:{peer}
+initial-advertise-peer-urls: http://127.0.0.1:{peer}
+initial-cluster: default=http://127.0.0.1:{peer}
+"""
+SERVER_START_S = 180.0
+
+
 @contextmanager
 def local_server(base_dir: str | os.PathLike[str] | None = None) -> Iterator[str]:
     """Run the Milvus standalone server that the ``milvus`` package ships (2.3.x, Linux and
-    macOS), with its data under ``base_dir`` (a temporary folder by default), on a free local
-    port; yields its URI and stops it on exit."""
+    macOS), with its data under ``base_dir`` (a temporary folder by default), on free local
+    ports (its embedded etcd's too, so several can run side by side); yields its URI and
+    stops it on exit."""
     try:
-        from milvus import MilvusServer
+        from milvus import MilvusServer, MilvusServerConfig
     except ImportError as error:
         raise CollectionError(
             f"no local Milvus server ({error}): pip install 'milvus>=2.3,<2.4'"
         ) from error
     with tempfile.TemporaryDirectory(prefix="lookalike-milvus-") as scratch:
-        server = MilvusServer()
-        server.set_base_dir(str(base_dir or scratch))
+        base = Path(base_dir or scratch).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+        client, peer = _free_port(), _free_port()
+        (base / "etcd.yaml").write_text(ETCD_CONFIG.format(client=client, peer=peer))
+        stock = MilvusServerConfig()
+        template = Path(stock.template_file).read_text()
+        embed = "  use:\n    embed: true"
+        if embed not in template:
+            raise CollectionError("this milvus package's config template is not the known one")
+        (base / "milvus.yaml.template").write_text(
+            template.replace(embed, f"  config:\n    path: {base / 'etcd.yaml'}\n{embed}")
+        )
+        config = MilvusServerConfig(template=str(base / "milvus.yaml.template"), etcd_port=client)
+        config.glog_conf_file = stock.glog_conf_file  # set only for the stock template
+        server = MilvusServer(config, wait_for_started=False)
+        server.set_base_dir(str(base))
         server.listen_port = _free_port()
         try:
             server.start()
+            _wait_started(server, base)
             yield f"http://127.0.0.1:{server.listen_port}"
         finally:
             server.stop()
+
+
+def _wait_started(server: Any, base: Path) -> None:
+    """Wait for a started server to answer its health check; fail at once if it exits."""
+    import urllib.request
+
+    deadline = time.monotonic() + SERVER_START_S
+    health = f"http://127.0.0.1:{server.webservice_port}/healthz"
+    while True:
+        code = server.server_proc.poll()
+        if code is not None:
+            raise CollectionError(
+                f"the local Milvus server exited at start (code {code}): see {base / 'logs'}"
+            )
+        try:
+            with urllib.request.urlopen(health, timeout=2) as answer:
+                if b"OK" in answer.read():
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise CollectionError(f"the local Milvus server did not start in {SERVER_START_S} s")
+        time.sleep(0.2)
 
 
 __all__ = [
