@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from lookalike import BadInputError, Collection, CollectionError, NotFoundError
 from lookalike.cli import app as cli_app
+from lookalike.cli import main
 from lookalike.layout import MANIFEST
 from lookalike.store import Row
 
@@ -182,7 +183,9 @@ def _timeless(rows: dict[int, Row]) -> dict[int, Row]:
     return {i: replace(row, added_at=0.0) for i, row in rows.items()}
 
 
-def test_removes_adds_and_reopen_behave_the_same(tmp_path: Path, milvus_uri: str) -> None:
+def test_removes_adds_and_reopen_behave_the_same(
+    tmp_path: Path, milvus_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
     milvus, embedded = _pair(tmp_path, milvus_uri, n=300, seed=1)
     extra = _vectors(5, seed=2)
     for col in (milvus, embedded):
@@ -226,6 +229,13 @@ def test_removes_adds_and_reopen_behave_the_same(tmp_path: Path, milvus_uri: str
     assert again.search(id=1, k=K) == before
     assert _timeless(again.backend.rows([3, 300])) == _timeless(embedded.backend.rows([3, 300]))
     assert "/data" in again.roots()
+    with pytest.raises(CollectionError, match="verify checks embedded collections"):
+        again.verify()
+    monkeypatch.setattr(sys, "argv", ["lookalike", "verify", str(tmp_path / "milvus")])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    stderr = capsys.readouterr().err
+    assert ended.value.code and "verify checks embedded" in stderr and "Traceback" not in stderr
     # asking for it as it is opens it; as something else is refused
     spec = f"vectors:{DIM}"
     Collection.create(tmp_path / "milvus", spec, exist_ok=True, backend="milvus").close()

@@ -830,28 +830,50 @@ def local_server(base_dir: str | os.PathLike[str] | None = None) -> Iterator[str
         ) from error
     with tempfile.TemporaryDirectory(prefix="lookalike-milvus-") as scratch:
         base = Path(base_dir or scratch).resolve()
-        base.mkdir(parents=True, exist_ok=True)
-        client, peer = _free_port(), _free_port()
-        (base / "etcd.yaml").write_text(ETCD_CONFIG.format(client=client, peer=peer))
-        stock = MilvusServerConfig()
-        template = Path(stock.template_file).read_text()
-        embed = "  use:\n    embed: true"
-        if embed not in template:
-            raise CollectionError("this milvus package's config template is not the known one")
-        (base / "milvus.yaml.template").write_text(
-            template.replace(embed, f"  config:\n    path: {base / 'etcd.yaml'}\n{embed}")
-        )
-        config = MilvusServerConfig(template=str(base / "milvus.yaml.template"), etcd_port=client)
-        config.glog_conf_file = stock.glog_conf_file  # set only for the stock template
-        server = MilvusServer(config, wait_for_started=False)
-        server.set_base_dir(str(base))
-        server.listen_port = _free_port()
-        try:
-            server.start()
-            _wait_started(server, base)
-            yield f"http://127.0.0.1:{server.listen_port}"
-        finally:
-            server.stop()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            # each try on new ports, in a folder of its own: another server starting at the
+            # same time may take a port between the probe that found it free and the bind
+            server = _server(MilvusServer, MilvusServerConfig, base / f"server-{attempt}")
+            try:
+                server.start()
+                _wait_started(server, base / f"server-{attempt}")
+            except CollectionError:
+                server.stop()
+                if attempt == START_ATTEMPTS:
+                    raise
+                continue
+            try:
+                yield f"http://127.0.0.1:{server.listen_port}"
+            finally:
+                server.stop()
+            return
+
+
+START_ATTEMPTS = 3
+
+
+def _server(server_class: Any, config_class: Any, base: Path) -> Any:
+    """A Milvus server (not started) with its data under ``base``, every port (its embedded
+    etcd's included, which the stock config leaves at 2379/2380) a free one."""
+    base.mkdir(parents=True, exist_ok=True)
+    client, peer = _free_port(), _free_port()
+    (base / "etcd.yaml").write_text(ETCD_CONFIG.format(client=client, peer=peer))
+    stock = config_class()
+    template = Path(stock.template_file).read_text()
+    embed = "  use:\n    embed: true"
+    if embed not in template:
+        raise CollectionError("this milvus package's config template is not the known one")
+    (base / "milvus.yaml.template").write_text(
+        template.replace(embed, f"  config:\n    path: {base / 'etcd.yaml'}\n{embed}")
+    )
+    ports = {key: _free_port() for key in stock.configurable_items if key.endswith("_port")}
+    config = config_class(template=str(base / "milvus.yaml.template"), **ports)
+    config.update(etcd_port=client)
+    config.glog_conf_file = stock.glog_conf_file  # set only for the stock template
+    server = server_class(config, wait_for_started=False)
+    server.set_base_dir(str(base))
+    server.webservice_port = _free_port()
+    return server
 
 
 def _wait_started(server: Any, base: Path) -> None:
