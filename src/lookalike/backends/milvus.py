@@ -21,8 +21,8 @@ matches rows lacking the key (``not exists``; unlike SQLite, a key holding JSON 
 Every read uses Strong consistency, so a search right after an add sees it.
 
 Index: ``FLAT`` (exact) below :data:`FLAT_LIMIT` live rows; ``HNSW`` (``M`` 16,
-``efConstruction`` 200, searched with ``ef`` = max(128, 2k)) above it, or on request
-``IVF_SQ8`` (``nlist`` 4 sqrt(n), ``nprobe`` 32). Milvus indexes new segments itself;
+``efConstruction`` 200, searched with ``ef`` = max(512, 2k)) above it, or on request
+``IVF_SQ8`` (``nlist`` 4 sqrt(n), ``nprobe`` 128). Milvus indexes new segments itself;
 ``rebuild_index`` drops and creates the index, during which searches fail (Milvus releases
 the collection to change its index).
 """
@@ -63,8 +63,8 @@ STATE = "milvus-state.json"
 FLAT_LIMIT = 100_000  # live rows past which `auto` trades exact search for HNSW
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
-HNSW_MIN_EF = 128  # searched with ef = max(this, 2k): recall@20 ~0.99 on image embeddings
-IVF_NPROBE = 32
+HNSW_MIN_EF = 512  # searched with ef = max(this, 2k): recall@20 0.955 in bench/RESULTS.md
+IVF_NPROBE = 128
 MAX_TOPK = 16_384  # Milvus' own cap on a search's k
 MAX_KEY_BYTES = 65_535  # VARCHAR cap
 MAX_TAGS = 4096  # ARRAY capacity (Milvus' cap)
@@ -653,13 +653,14 @@ class MilvusBackend:
             if replaces:
                 self._mark(replaces, removed=False)
             return []
-        entities = [_entity(row, self.dim) for row in rows]
+        for row in rows:  # all checked before any is written
+            _check_row(row, self.dim)
         start = self.count
         self._save(pending=start + len(rows))  # how far an interrupted write may reach
         now = time.time()
         with self._errors("insert rows"):
-            for offset in range(0, len(entities), INSERT_BATCH):
-                batch = entities[offset : offset + INSERT_BATCH]
+            for offset in range(0, len(rows), INSERT_BATCH):  # as entities a batch at a time
+                batch = [_entity(row) for row in rows[offset : offset + INSERT_BATCH]]
                 for position, entity in enumerate(batch, start + offset):
                     entity["id"], entity["added_at"] = position, now
                 self._wrote(self._collection.insert(batch))
@@ -726,6 +727,7 @@ class MilvusBackend:
         with self.writing():
             params = index_params(kind, self.live_count(), options.get("nlist"))
             with self._errors(f"build a {params['index_type']} index"):
+                self._collection.flush()  # seals growing segments, so the index covers all
                 self._collection.release()
                 self._collection.drop_index()
                 self._collection.create_index("vector", params)
@@ -747,15 +749,18 @@ def _check_tag(tag: str) -> None:
         raise BadInputError(f"a tag may hold at most {MAX_TAG_BYTES} bytes")
 
 
-def _entity(row: NewRow, dim: int) -> dict[str, Any]:
-    """A new row as a Milvus entity (id and added_at set by the caller)."""
-    vector = np.asarray(row.vector, dtype=np.float32).reshape(-1)
-    if len(vector) != dim:
-        raise BadInputError(f"vectors have dimension {len(vector)}, expected {dim}")
+def _check_row(row: NewRow, dim: int) -> None:
+    """Refuse a row Milvus would refuse, before anything is written."""
+    if np.size(row.vector) != dim:
+        raise BadInputError(f"vectors have dimension {np.size(row.vector)}, expected {dim}")
     if len(row.key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise BadInputError(f"{row.key[:60]!r}... is longer than Milvus keeps ({MAX_KEY_BYTES} B)")
+
+
+def _entity(row: NewRow) -> dict[str, Any]:
+    """A new row as a Milvus entity (id and added_at set by the caller)."""
     return {
-        "vector": vector.tolist(),
+        "vector": np.asarray(row.vector, dtype=np.float32).reshape(-1).tolist(),
         "key": row.key,
         "content_hash": row.content_hash,
         "width": int(row.width),
