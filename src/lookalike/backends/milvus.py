@@ -246,7 +246,7 @@ def connect(uri: str) -> str:
     if parts is None or parts.scheme not in ("http", "https", "tcp") or not parts.hostname:
         raise BadInputError(f"a Milvus URI looks like http://HOST:19530 (got {uri!r:.80})")
     try:  # a refused port fails now, not after pymilvus' own retries
-        port = parts.port or 19530
+        port = parts.port or (443 if parts.scheme == "https" else 19530)
         socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
     except (OSError, ValueError) as error:
         raise CollectionError(f"cannot reach Milvus at {uri}: {error}") from error
