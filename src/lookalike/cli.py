@@ -166,6 +166,16 @@ def index(
     ray_actors: RayActorsOpt = None,
     ray_batch_size: RayBatchOpt = 64,
     ray_gpus_per_actor: RayGpusOpt = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Where a new collection keeps rows, vectors and index: embedded (in its "
+            "folder) or milvus (a Milvus server at --uri) [default: embedded]."
+        ),
+    ] = None,
+    uri: Annotated[
+        str | None, typer.Option(help="The server of --backend milvus, e.g. http://HOST:19530.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add the images of SOURCES to a collection; images already there are skipped. Images
@@ -190,6 +200,8 @@ def index(
                 weights=weights,
                 exist_ok=True,
                 device=device,
+                backend=backend,
+                uri=uri,
                 fetch_policy=FetchPolicy(allow_private=allow_private_urls),
                 runtime=runtime,
                 threads=threads,

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import curation
 from .adding import ImageAdding
-from .backends import Backend, open_backend
+from .backends import Backend, check_backend, new_backend, open_backend
 from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import (
     BadInputError,
@@ -83,10 +83,14 @@ class Collection(ImageAdding, Tagging, Exporting):
         weights: str | os.PathLike[str] | None = None,
         device: str | None = None,
         exist_ok: bool = False,
+        backend: str | None = None,
+        uri: str | None = None,
         **options: Any,
     ) -> Collection:
         """Make a new collection at ``path`` whose images are embedded by ``model``.
 
+        ``backend`` chooses where rows, vectors and index live: "embedded" (the default, all
+        in the folder) or "milvus" (a Milvus server at ``uri``, e.g. "http://HOST:19530").
         With ``exist_ok``, an existing collection made with the same model is opened instead.
         ``runtime`` ("auto", "torch", "onnx", "onnx-int8") and ``threads`` choose how the model
         runs in this process (see :mod:`lookalike.encoders.runtime`); ``open`` takes them too.
@@ -97,6 +101,7 @@ class Collection(ImageAdding, Tagging, Exporting):
         if (root / MANIFEST).exists():
             if not exist_ok:
                 raise CollectionError(f"{root} already holds a collection")
+            check_backend(root, read_manifest(root), backend, uri)
             collection = cls.open(root, device=device, **options)
             if model != collection.model:
                 raise ModelMismatchError(f"{root} was made with {collection.model}, not {model}")
@@ -108,6 +113,7 @@ class Collection(ImageAdding, Tagging, Exporting):
             model, weights_path, device, options.get("runtime", "auto"), options.get("threads")
         )
         manifest = new_manifest(encoder.spec, weights_path, encoder.dim)
+        manifest.update(new_backend(backend or "embedded", encoder.dim, uri))
         write_manifest(root, manifest)
         return cls(root, manifest, device=device, encoder=encoder, **options)
 

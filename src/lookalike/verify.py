@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends.embedded import EmbeddedBackend
+from .errors import CollectionError
 from .fetch import is_url
 from .index import IvfIndex, has_ivf
 from .manifest import read_manifest
@@ -54,7 +55,9 @@ def verify_path(path: str | os.PathLike[str], *, repair: bool = False) -> Verify
     """Check the collection at ``path``, its database first (which may be too damaged, or
     missing, for the collection to open); with ``repair``, fix what can be fixed."""
     root = Path(path)
-    dim = int(read_manifest(root)["dim"])
+    manifest = read_manifest(root)
+    _require_embedded(root, manifest.get("backend", "embedded"))
+    dim = int(manifest["dim"])
     report = VerifyReport()
     damage = diagnose_database(root, dim)
     if damage is not None:
@@ -74,11 +77,21 @@ def verify_path(path: str | os.PathLike[str], *, repair: bool = False) -> Verify
     return report
 
 
+def _require_embedded(root: Path, backend: str) -> None:
+    """Refuse a collection whose rows and vectors live elsewhere, saying so."""
+    if backend != "embedded":
+        raise CollectionError(
+            f"{root} keeps its rows and vectors in {backend}, which checks its own data: "
+            "verify checks embedded collections"
+        )
+
+
 def verify(
     collection: EmbeddedBackend, *, repair: bool = False, database_checked: bool = False
 ) -> VerifyReport:
     """Check the rows, vectors, index and files of an embedded collection (its backend, as
     ``Collection.backend``); with ``repair``, fix what can be fixed."""
+    _require_embedded(collection.path, collection.kind)
     store = collection.store
     report = VerifyReport()
     # check=False: the lock must neither truncate nor refuse what is about to be looked at

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import CollectionError
+from ..errors import BadInputError, CollectionError
 from ..store import NewRow, Row
 
 
@@ -155,7 +155,41 @@ def open_backend(path: Path, manifest: Mapping[str, Any]) -> Backend:
         from .embedded import EmbeddedBackend
 
         return EmbeddedBackend(path, int(manifest["dim"]))
+    if name == "milvus":
+        from .milvus import MilvusBackend
+
+        return MilvusBackend(path, int(manifest["dim"]), manifest.get("milvus") or {})
     raise CollectionError(f"{path} uses the backend {name!r}, which this lookalike lacks")
 
 
-__all__ = ["Backend", "open_backend"]
+def new_backend(name: str, dim: int, uri: str | None = None) -> dict[str, Any]:
+    """Make the storage of a new collection; returns the manifest entries that name it.
+    ``embedded`` needs nothing made; ``milvus`` makes a collection on the server at ``uri``."""
+    if name == "embedded":
+        if uri is not None:
+            raise BadInputError("a uri is for a server backend (--backend milvus)")
+        return {"backend": "embedded"}
+    if name == "milvus":
+        if not uri:
+            raise BadInputError("the milvus backend needs the server's uri, e.g. http://HOST:19530")
+        from .milvus import create_collection
+
+        return create_collection(uri, dim)
+    raise BadInputError(f"backend must be one of {', '.join(BACKENDS)} (got {name!r:.40})")
+
+
+def check_backend(
+    path: Path, manifest: Mapping[str, Any], backend: str | None, uri: str | None
+) -> None:
+    """Refuse to open an existing collection as another backend or server than it uses."""
+    used = manifest.get("backend", "embedded")
+    if backend is not None and backend != used:
+        raise CollectionError(f"{path} uses the {used} backend, not {backend}")
+    recorded = (manifest.get(used) or {}).get("uri") if used != "embedded" else None
+    if uri is not None and uri != recorded:
+        raise CollectionError(f"{path} keeps its data at {recorded or 'its folder'}, not {uri}")
+
+
+BACKENDS = ("embedded", "milvus")
+
+__all__ = ["BACKENDS", "Backend", "check_backend", "new_backend", "open_backend"]
