@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -457,7 +458,7 @@ def lance_open(ctx: Context, built: dict[str, Any]) -> Any:
 
 def lance_ladder(ctx: Context, built: dict[str, Any]) -> list[list[Setting]]:
     partitions = built["partitions"]
-    probes = [p for p in (5, 10, 20, 40, 80, 160) if p <= partitions] or [partitions]
+    probes = [p for p in (5, 10, 20, 40, 80, 160, 320) if p <= partitions] or [partitions]
     refines = (1, 2, 5, 10, 20, 50, 100)
     return [[{"nprobes": p, "refine_factor": r} for r in refines] for p in probes]
 
@@ -494,17 +495,19 @@ class MilvusServer:
 
     def __init__(self, ctx: Context):
         from milvus import MilvusServer as Server
-        from pymilvus import connections, utility
+        from pymilvus import Collection, connections, utility
 
         self.server = Server()
-        self.server.set_base_dir(str(ctx.workdir / f"milvus-{ctx.n}"))
+        base = ctx.workdir / f"milvus-{ctx.n}"
+        self.server.set_base_dir(str(base))
+        client_port, peer_port = free_port(), free_port()
+        self.server.config.update(etcd_port=client_port)
+        os.environ["ETCD_CONFIG_PATH"] = embedded_etcd_config(base, client_port, peer_port)
         self.server.start()
         self.pid = self.server.server_proc.pid
         connections.connect(host="127.0.0.1", port=self.server.listen_port)
         for name in utility.list_collections():  # a restart reloads what was loaded
             if str(utility.load_state(name)) != "NotLoad":
-                from pymilvus import Collection
-
                 Collection(name).release()
 
     def stop(self) -> None:
@@ -512,6 +515,26 @@ class MilvusServer:
 
         connections.disconnect("default")
         self.server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def embedded_etcd_config(base: Path, client_port: int, peer_port: int) -> str:
+    """An etcd config on free loopback ports: the milvus package leaves its embedded etcd on
+    2379/2380, so a second Milvus on the machine (another user's) would collide with it."""
+    path = base / "embedded-etcd.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    path.write_text(
+        f"name: default\nlisten-client-urls: {client}\nadvertise-client-urls: {client}\n"
+        f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+        f"initial-cluster: default={peer}\n"
+    )
+    return str(path)
 
 
 def milvus_build(ctx: Context, engine: str) -> dict[str, Any]:
@@ -676,6 +699,7 @@ def _milvus_engine(name: str, label: str) -> Engine:
     )
 
 
+# in the order a run goes: cheapest builds first, so a run cut short still has most rows
 ENGINES = {
     engine.name: engine
     for engine in (
@@ -697,27 +721,6 @@ ENGINES = {
             open=faiss_hnsw_open,
             ladder=hnsw_ladder,
         ),
-        _faiss_engine(
-            "autofaiss",
-            "autofaiss index, served as clip-retrieval (mmap)",
-            build=autofaiss_build,
-            open=autofaiss_open,
-            ladder=autofaiss_ladder,
-            search_one=autofaiss_one,
-            search_batch=autofaiss_batch,
-        ),
-        Engine(
-            "lancedb",
-            "LanceDB (embedded)",
-            build=lance_build,
-            open=lance_open,
-            ladder=lance_ladder,
-            search_one=lance_one,
-            search_batch=lance_batch,
-            imports=("lancedb", "pyarrow"),
-        ),
-        _milvus_engine("milvus-hnsw", "Milvus standalone HNSW"),
-        _milvus_engine("milvus-ivf-sq8", "Milvus standalone IVF_SQ8"),
         Engine(
             "qdrant",
             "Qdrant engine (qdrant-edge)",
@@ -728,6 +731,27 @@ ENGINES = {
             search_batch=qdrant_batch,
             close=lambda shard: shard.close(),
             imports=("qdrant_edge",),
+        ),
+        _milvus_engine("milvus-hnsw", "Milvus standalone HNSW"),
+        _milvus_engine("milvus-ivf-sq8", "Milvus standalone IVF_SQ8"),
+        Engine(
+            "lancedb",
+            "LanceDB (embedded)",
+            build=lance_build,
+            open=lance_open,
+            ladder=lance_ladder,
+            search_one=lance_one,
+            search_batch=lance_batch,
+            imports=("lancedb", "pyarrow"),
+        ),
+        _faiss_engine(
+            "autofaiss",
+            "autofaiss index, served as clip-retrieval (mmap)",
+            build=autofaiss_build,
+            open=autofaiss_open,
+            ladder=autofaiss_ladder,
+            search_one=autofaiss_one,
+            search_batch=autofaiss_batch,
         ),
     )
 }
@@ -750,13 +774,17 @@ def timed_batch(engine: Engine, handle: Any, setting: Setting, queries: np.ndarr
     return found, time.perf_counter() - started
 
 
+SLOWEST_BATCH_S = 120.0  # a setting that takes longer for the tuning batch ends its group
+
+
 def sweep(ctx: Context, engine: Engine, handle: Any, built: dict[str, Any]):
     """The fastest setting that reaches the target recall on the tuning queries."""
     tune, _ = ctx.query_sets()
     truth, _ = ctx.truth()
     tried, best = [], None
     for group in engine.ladder(ctx, built):
-        for setting in group:
+        previous = -1.0
+        for step, setting in enumerate(group):
             engine.search_batch(handle, setting, tune[:20])  # warm caches at this setting
             found, seconds = timed_batch(engine, handle, setting, tune)
             got = recall(found, truth)
@@ -766,6 +794,13 @@ def sweep(ctx: Context, engine: Engine, handle: Any, built: dict[str, Any]):
                 if best is None or seconds < best["batch_s"]:
                     best = tried[-1]
                 break
+            if step == 0 and best is not None and seconds > best["batch_s"]:
+                return best, True, tried  # costlier groups from here on
+            if seconds > SLOWEST_BATCH_S:
+                break  # slower than any peer's answer at the target: not a contender
+            if got < previous + 0.003:
+                break  # this knob has stopped paying: the next group moves the other one
+            previous = got
     met = best is not None
     best = best or max(tried, key=lambda t: t["recall"])
     return best, met, tried
@@ -986,4 +1021,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", str(CORES))
+    os.environ.setdefault("LANCE_LOG", "error")  # not a warning per query about _distance
     main()
