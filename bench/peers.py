@@ -323,6 +323,11 @@ def faiss_batch(handle: Tunable, setting: Setting, queries: np.ndarray) -> np.nd
 EF_LADDER = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]
 
 
+def doubling(lists: int) -> list[int]:
+    """1, 2, 4, ... up to every list: the nprobe ladder of an IVF index."""
+    return [2**i for i in range(lists.bit_length()) if 2**i < lists] + [lists]
+
+
 def hnsw_ladder(ctx: Context, built: dict[str, Any]) -> list[list[Setting]]:
     return [[{"efSearch": ef} for ef in EF_LADDER]]
 
@@ -399,7 +404,7 @@ def autofaiss_ladder(ctx: Context, built: dict[str, Any]) -> list[list[Setting]]
     if not lists:
         return hnsw_ladder(ctx, built)
     # the parameters clip_back sets: nprobe, efSearch = 2 nprobe, ht = 2048
-    steps = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p <= lists]
+    steps = doubling(lists)
     return [[{"nprobe": p, "efSearch": 2 * p, "ht": 2048} for p in steps]]
 
 
@@ -458,7 +463,7 @@ def lance_open(ctx: Context, built: dict[str, Any]) -> Any:
 
 def lance_ladder(ctx: Context, built: dict[str, Any]) -> list[list[Setting]]:
     partitions = built["partitions"]
-    probes = [p for p in (5, 10, 20, 40, 80, 160, 320) if p <= partitions] or [partitions]
+    probes = [p for p in doubling(partitions) if p >= 5]
     refines = (1, 2, 5, 10, 20, 50, 100)
     return [[{"nprobes": p, "refine_factor": r} for r in refines] for p in probes]
 
@@ -583,8 +588,7 @@ def milvus_open(ctx: Context, built: dict[str, Any], engine: str) -> Any:
 
 def milvus_ladder(ctx: Context, built: dict[str, Any]) -> list[list[Setting]]:
     if "nlist" in built:
-        steps = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-        return [[{"nprobe": p} for p in steps if p <= built["nlist"]]]
+        return [[{"nprobe": p} for p in doubling(built["nlist"])]]
     return [[{"ef": ef} for ef in EF_LADDER if ef >= K]]
 
 
