@@ -194,15 +194,44 @@ def padded(ids: Sequence[int]) -> np.ndarray:
 
 # lookalike: its public API only --------------------------------------------------------
 
-TARGETS = (0.95, 0.96, 0.97, 0.98, 0.99)  # rebuild_index(target_recall=...) tried in order
+# rebuild_index(target_recall=...) tried in order: the index tunes itself on perturbed stored
+# vectors, so held-out queries can need a higher target than the recall wanted
+TARGETS = (0.95, 0.97, 0.99)
 
 
 def lookalike_build(ctx: Context) -> dict[str, Any]:
+    from lookalike import Collection
+
+    path = ctx.home("lookalike") / "collection"
+    ingest_s = lookalike_ingest(ctx, path)
+    collection = Collection.open(path)
+    collection.auto_index = False
+    tries: list[dict[str, float]] = []
+    for target in TARGETS:
+        tries.append(lookalike_try(ctx, collection, target))
+        if tries[-1]["recall"] >= ctx.target:
+            break
+    best = max(tries, key=lambda t: t["recall"])
+    if best is not tries[-1] and best["recall"] > tries[-1]["recall"]:
+        tries.append(lookalike_try(ctx, collection, best["target_recall"]))
+    collection.close()
+    return {
+        "ingest_s": ingest_s,
+        "index_s": tries[-1]["index_s"],
+        "setting": f"rebuild_index('ivf', target_recall={tries[-1]['target_recall']})",
+        "tries": tries,
+    }
+
+
+def lookalike_ingest(ctx: Context, path: Path) -> float:
+    """Adds every base vector to a new collection (kept for a rerun); the seconds it took."""
     import shutil
 
     from lookalike import Collection
 
-    path = ctx.home("lookalike") / "collection"
+    done = ctx.home("lookalike") / "ingest.json"
+    if done.exists() and path.exists():
+        return float(json.loads(done.read_text())["ingest_s"])
     if path.exists():
         shutil.rmtree(path)
     started = time.perf_counter()
@@ -211,24 +240,11 @@ def lookalike_build(ctx: Context) -> dict[str, Any]:
     ids = []
     for start, rows in ctx.chunks(CHUNK):
         ids += collection.add_vectors(rows, [f"v{i}" for i in range(start, start + len(rows))])
+    collection.close()
     np.save(ctx.home("lookalike") / "ids.npy", np.asarray(ids, dtype=np.int64))
     ingest_s = time.perf_counter() - started
-    tries: list[dict[str, float]] = []
-    for target in TARGETS:
-        tries.append(lookalike_try(ctx, collection, target))
-        if tries[-1]["recall"] >= ctx.target:
-            break
-        if len(tries) > 1 and tries[-1]["recall"] <= tries[-2]["recall"] + 0.001:
-            # a higher target no longer helps: keep the cheaper index that did as well
-            tries.append(lookalike_try(ctx, collection, tries[-2]["target_recall"]))
-            break
-    collection.close()
-    return {
-        "ingest_s": ingest_s,
-        "index_s": tries[-1]["index_s"],
-        "setting": f"rebuild_index('ivf', target_recall={tries[-1]['target_recall']})",
-        "tries": tries,
-    }
+    done.write_text(json.dumps({"ingest_s": ingest_s}))
+    return ingest_s
 
 
 def lookalike_try(ctx: Context, collection: Any, target: float) -> dict[str, float]:
