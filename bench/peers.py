@@ -19,7 +19,6 @@ installed into .venv-peers by ``make bench-peers``.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import platform
@@ -27,7 +26,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -741,6 +739,7 @@ ENGINES = {
             open=faiss_hnsw_open,
             ladder=hnsw_ladder,
         ),
+        _milvus_engine("milvus-ivf-sq8", "Milvus standalone IVF_SQ8"),
         Engine(
             "qdrant",
             "Qdrant engine (qdrant-edge)",
@@ -753,7 +752,6 @@ ENGINES = {
             imports=("qdrant_edge",),
         ),
         _milvus_engine("milvus-hnsw", "Milvus standalone HNSW"),
-        _milvus_engine("milvus-ivf-sq8", "Milvus standalone IVF_SQ8"),
         Engine(
             "lancedb",
             "LanceDB (embedded)",
@@ -892,23 +890,22 @@ def run_step(ctx: Context, step: str, name: str, timeout: float) -> str | None:
     command = [sys.executable, __file__, "--worker", step, "--engines", name]
     command += ["--n", str(ctx.n), "--workdir", str(ctx.workdir)]
     command += ["--queries", str(ctx.queries), "--target", str(ctx.target)]
-    log(f"{name}: {step} (fresh process)")
-    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    killed = threading.Event()
-    timer = threading.Timer(timeout, lambda: (killed.set(), child.kill()))
-    timer.start()
-    last = collections.deque(maxlen=3)
-    for line in child.stderr:  # shown as it comes; the last lines kept for the report
-        sys.stderr.write(line)
-        if line.strip():
-            last.append(line.strip())
-    timer.cancel()
-    child.wait()
+    step_log = results_dir(ctx) / f"{name}.{step}.log"
+    log(f"{name}: {step} (fresh process; its output: {step_log})")
+    # the step writes to a file, not a pipe: it finishes even if this run is stopped
+    with step_log.open("w") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
     stop_leftover_server(ctx)
+    if child.returncode == -9:
+        return f"{step} ran past {timeout:.0f} s"
     if child.returncode:
-        if killed.is_set():
-            return f"{step} ran past {timeout:.0f} s"
-        return f"{step} failed: {last[-1] if last else child.returncode}"
+        lines = [line.strip() for line in step_log.read_text().splitlines() if line.strip()]
+        return f"{step} failed: {lines[-1] if lines else child.returncode}"
     return None
 
 
