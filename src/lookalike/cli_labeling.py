@@ -78,12 +78,12 @@ def _links(image_server: str | None, name: str | None, root: Path | None, secret
 
 
 @labelstudio_app.command("push")
-@query_options(k=100, k_help="How many hits to send.", without=("url",))  # --url: Label Studio's
+@query_options(k=100, k_help="How many hits to send.", without=("url",), deferred=True)
 def labelstudio_push(
     collection: CollectionArg,
-    url: StudioUrl,
+    url: StudioUrl,  # Label Studio's: the query options go without --url
     project: ProjectOpt,
-    query: Query,
+    query: Callable[..., Query],
     relevant_tag: Annotated[
         list[str] | None,
         typer.Option(help="Images with this tag are marked relevant, e.g. label:police_car."),
@@ -125,12 +125,10 @@ def labelstudio_push(
             if relevant_tag or irrelevant_tag
             else {}
         )
-        query = Query.build(  # marked by id and by tag alike
-            query,
-            relevant=[*query.relevant, *marks.get("relevant", [])],
-            irrelevant=[*query.irrelevant, *marks.get("irrelevant", [])],
+        built = query(  # marked by id and by tag alike
+            more_relevant=marks.get("relevant", []), more_irrelevant=marks.get("irrelevant", [])
         )
-        report = push(col, studio, project, query, check_labels(labels) if labels else None, links)
+        report = push(col, studio, project, built, check_labels(labels) if labels else None, links)
     _cli().out.print(
         f"project {report.project_id}: {len(report.imported)} tasks imported, "
         f"{len(report.already)} already there; tagged exported:{project}",

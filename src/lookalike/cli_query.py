@@ -12,7 +12,7 @@ import contextlib
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,11 +82,14 @@ def query_options(
     k_help: str = "How many results.",
     ranking: bool = True,
     without: tuple[str, ...] = (),
+    deferred: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command the query options and hand it ``query``, a built Query. ``k`` is the
     default of ``-k`` (None: the command has its own, or none); without ``ranking`` the
     options that only order results (``dedupe``, ``diverse``) are left out (a count);
-    ``without`` leaves out others (a command whose own option has the name)."""
+    ``without`` leaves out others (a command whose own option has the name). With
+    ``deferred``, ``query`` is a function building the Query with more relevance marks
+    (``relevant=``, ``irrelevant=``), for a command that finds some of its own."""
     skipped = {*without, *(() if ranking else ("dedupe", "diverse"))}
     options = [o for o in _QUERY_OPTIONS if o[0] not in skipped]
     if k is not None:
@@ -115,6 +118,8 @@ def query_options(
             options = {name: kwargs.pop(name) for name in names}
             image = options.get("image")
             with naming_the_image(image):
+                if deferred:
+                    return command(*args, query=functools.partial(build_query, **options), **kwargs)
                 return command(*args, query=build_query(**options), **kwargs)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters]
@@ -136,9 +141,12 @@ def build_query(
     exclude_tag: list[str] | None = None,
     relevant: list[int] | None = None,
     irrelevant: list[int] | None = None,
+    more_relevant: Iterable[int] = (),
+    more_irrelevant: Iterable[int] = (),
     **options: Any,
 ) -> Query:
-    """The Query of a command's options (names as on the command line)."""
+    """The Query of a command's options (names as on the command line), with ``more_*``
+    relevance marks found otherwise (from tags)."""
     return Query.build(
         image=read_file(image) if image is not None else None,
         vector=read_vector(vector) if vector else None,
@@ -147,8 +155,8 @@ def build_query(
         exclude_ids=exclude_id or [],
         tags=with_tag or (),
         exclude_tags=exclude_tag or (),
-        relevant=relevant or [],
-        irrelevant=irrelevant or [],
+        relevant=[*(relevant or []), *more_relevant],
+        irrelevant=[*(irrelevant or []), *more_irrelevant],
         **options,
     )
 
