@@ -224,6 +224,7 @@ def test_runtime_choice(backbone_weights) -> None:
 def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
     tiny_clip, tmp_path, monkeypatch, caplog
 ) -> None:
+    from lookalike.encoders import int8
     from lookalike.encoders import openvino as openvino_runtime
 
     monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
@@ -239,6 +240,7 @@ def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
     # a model whose vectors miss the bar: refused when asked for, run on ONNX Runtime by auto
     monkeypatch.setattr(openvino_runtime, "MIN_AGREEMENT", 1.5)
     monkeypatch.setattr(openvino_runtime, "CHECK_FORMAT", 99)  # a new check, not the cached one
+    monkeypatch.setattr(int8, "MIN_AGREEMENT", 1.5)  # auto's first choice, passed on too
     with pytest.raises(onnx_runtime.ExportError, match="agrees with the float32 export"):
         load_encoder(*tiny_clip, "cpu", runtime="openvino").encode_texts(["a cat"])
     fallback = load_encoder(*tiny_clip, "cpu", runtime="auto")

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = 2  # bump when the exported graphs change: old cache entries are then unused
 OPSET = 17
+QDQ_FORMAT = 2  # bump when the static quantization changes
 META = "meta.json"
 VARIANTS = ("onnx", "onnx-int8", "onnx-qdq")
 TOWERS = ("image", "text")
@@ -93,6 +94,7 @@ class ModelFiles:
                 "tower": tower,
                 # int8 kernels without VNNI saturate: such CPUs get 7-bit weights
                 "vnni": _has_vnni() if self.variant != "onnx" else None,
+                "qdq": QDQ_FORMAT if self.variant == "onnx-qdq" else None,
             }
         )
 
@@ -475,7 +477,11 @@ def _quantize_static(source: Path, folder: Path, tower: str) -> dict[str, Any]:
             reduce_range=not _has_vnni(),
             op_types_to_quantize=["MatMul", "Gemm"],
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"MatMulConstBOnly": True},
+            # int8 products come out in float: quantizing them again costs accuracy, not time
+            extra_options={
+                "MatMulConstBOnly": True,
+                "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+            },
         )
     finally:
         root.setLevel(level)
