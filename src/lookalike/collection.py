@@ -86,7 +86,7 @@ class Collection(ImageAdding, Tagging, Exporting):
         """Make a new collection at ``path`` whose images are embedded by ``model``.
 
         With ``exist_ok``, an existing collection made with the same model is opened instead.
-        ``runtime`` ("auto", "torch", "onnx", "onnx-int8") and ``threads`` choose how the model
+        ``runtime`` ("auto", "torch", "onnx", "int8", ...) and ``threads`` choose how the model
         runs in this process (see :mod:`lookalike.encoders.runtime`); ``open`` takes them too.
         """
         root = Path(path)
