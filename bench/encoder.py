@@ -1,7 +1,8 @@
-"""Encoder runtime benchmark: torch eager vs ONNX Runtime fp32 vs dynamic int8, ViT-B-32.
+"""Encoder runtime benchmark: torch eager vs ONNX Runtime, OpenVINO and int8, ViT-B-32.
 
     python bench/encoder.py                  # one command; prints the tables (~3 minutes)
     python bench/encoder.py --profile        # adds where the image graph spends its time
+    python bench/encoder.py --isa avx2       # as on a CPU without AVX-512 (see ISA_LIMITS)
 
 The model is open_clip's ViT-B-32 with random weights (speed does not depend on the values),
 saved as a checkpoint and loaded through ``load_encoder`` like any local model. Checkpoint and
@@ -28,7 +29,30 @@ import numpy as np
 
 ARCH = "ViT-B-32"
 SHORT_TEXT = "a police car at night"
-VARIANTS = ("torch", "onnx", "openvino", "onnx-int8")
+# auto: the int8 runtime with its per-tower fallback (a tower below cosine 0.999 runs on the next)
+VARIANTS = ("torch", "onnx", "openvino", "onnx-int8", "auto")
+# What limits each library to an older CPU's instructions, for the child process that measures.
+# oneDNN (OpenVINO's CPU plugin and torch's) honours ONEDNN_MAX_CPU_ISA: OpenVINO's runtime
+# model then names avx2 kernels (brgemm_avx2_f32, jit_gemm_I8) instead of avx512 ones; ATen
+# its ATEN_CPU_CAPABILITY, MKL MKL_ENABLE_INSTRUCTIONS, OpenBLAS OPENBLAS_CORETYPE. ONNX
+# Runtime's MLAS picks its kernels from CPUID with no override: its rows keep the real ISA.
+# LOOKALIKE_CPU_FLAGS makes lookalike's own choices (engines, precisions) those of that CPU.
+ISA_LIMITS = {
+    "avx2": {
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "OPENBLAS_CORETYPE": "Haswell",
+        "drop": ("avx512", "avx_vnni", "amx"),
+    },
+    "avx512_vnni": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI",
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "OPENBLAS_CORETYPE": "SkylakeX",
+        "drop": ("avx512_bf16", "avx512_fp16", "amx"),
+    },
+}
 
 
 def main() -> None:
@@ -40,7 +64,12 @@ def main() -> None:
     parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile", action="store_true", help="ONNX Runtime op-type profile")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--isa", choices=["native", *ISA_LIMITS], default="native", help="act as an older CPU"
+    )
     args = parser.parse_args()
+    if args.isa != "native" and os.environ.get("LOOKALIKE_BENCH_ISA") != args.isa:
+        return limited_child(args.isa)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("root", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -57,6 +86,13 @@ def main() -> None:
         f"# {cpu_model()}, {os.cpu_count()} logical CPUs, threads={threads}, "
         f"load average before {load()}"
     )
+    from lookalike.encoders.probe import cpu_flags
+
+    vector_flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    print(f"# --isa {args.isa}: CPU flags seen by lookalike: {' '.join(vector_flags)}")
+    if args.isa != "native":
+        limits = [f"{k}={os.environ.get(k)}" for k in ISA_LIMITS[args.isa] if k != "drop"]
+        print(f"# limits: {' '.join(limits)}; ONNX Runtime's own kernels keep the real ISA")
 
     encoders: dict[str, Any] = {}
     for variant in VARIANTS:
@@ -65,6 +101,16 @@ def main() -> None:
         encoders[variant].encode_texts(["warm up"])
         encoders[variant].encode_images(np.zeros((1, 224, 224, 3), np.uint8))
         print(f"# {variant}: loaded (and exported if new) in {time.perf_counter() - started:.1f} s")
+    engine = encoders["auto"].engine
+    other = load_encoder(f"open_clip:{ARCH}", weights, "cpu", "auto", threads)
+    other.engine = "openvino" if engine == "onnxruntime" else "onnxruntime"  # the other one
+    other.encode_texts(["warm up"])
+    other.encode_images(np.zeros((1, 224, 224, 3), np.uint8))
+    encoders[f"int8/{other.engine}"] = other
+    for name, encoder in (("auto", encoders["auto"]), (f"int8/{other.engine}", other)):
+        image, text = encoder.agreement("image"), encoder.agreement("text")
+        print(f"# {name}: int8 on {encoder.engine}, checked cosine image {image:.6f}, ", end="")
+        print(f"text {text:.6f} (a tower below 0.999 runs on the next runtime)")
     macs = image_macs(encoders["torch"].model.visual)
 
     rng = np.random.default_rng(0)
@@ -90,7 +136,7 @@ def main() -> None:
         "(p50) | cached text p50 ms | min cosine image | min cosine text |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for v in VARIANTS:
+    for v in encoders:
         rate = args.batch / image_s[v]
         p50, p99, hit = text_ms[v]
         print(
@@ -109,6 +155,20 @@ def main() -> None:
     if args.profile:
         profile(encoders, batch)
     print(f"\n# load average after {load()}; python {platform.python_version()}, {versions()}")
+
+
+def limited_child(isa: str) -> int:
+    """This benchmark again in a child process limited to ``isa`` (see ISA_LIMITS)."""
+    import subprocess
+
+    from lookalike.encoders.probe import CPU_FLAGS_ENV, cpu_flags
+
+    limits = dict(ISA_LIMITS[isa])
+    drop = limits.pop("drop")
+    env = {**os.environ, **limits, "LOOKALIKE_BENCH_ISA": isa}
+    env["DNNL_MAX_CPU_ISA"] = limits["ONEDNN_MAX_CPU_ISA"]
+    env[CPU_FLAGS_ENV] = " ".join(sorted(f for f in cpu_flags() if not f.startswith(drop)))
+    return subprocess.run([sys.executable, *sys.argv], env=env).returncode
 
 
 def interleaved(calls: dict[str, Any], rounds: int) -> dict[str, float]:
@@ -180,8 +240,8 @@ def sweep(
 
     print("\n## batch size (images/s; threads as above)\n")
     sizes = (1, 8, 32)
-    print("| batch | " + " | ".join(VARIANTS) + " |")
-    print("|---|" + "---|" * len(VARIANTS))
+    print("| batch | " + " | ".join(encoders) + " |")
+    print("|---|" + "---|" * len(encoders))
     rng = np.random.default_rng(1)
     for size in sizes:
         data = rng.integers(0, 256, (size, 224, 224, 3), dtype=np.uint8)
@@ -189,7 +249,7 @@ def sweep(
             {v: (lambda e=e, d=data: e.encode_images(d)) for v, e in encoders.items()},
             max(2, rounds - 2),
         )
-        print(f"| {size} | " + " | ".join(f"{size / secs[v]:.1f}" for v in VARIANTS) + " |")
+        print(f"| {size} | " + " | ".join(f"{size / secs[v]:.1f}" for v in encoders) + " |")
 
     if threads <= 1:
         return

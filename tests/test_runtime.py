@@ -182,7 +182,7 @@ def test_a_copy_of_the_weights_shares_the_export_and_a_change_gets_a_new_one(
         onnx_runtime.ModelFiles(name, weights, v).key("text") for v in onnx_runtime.VARIANTS
     }
     copied = {onnx_runtime.ModelFiles(name, copy, v).key("text") for v in onnx_runtime.VARIANTS}
-    assert len(original) == 2 and copied == original  # keyed by content, not by path
+    assert len(original) == len(onnx_runtime.VARIANTS) and copied == original  # by content
     os.utime(copy, ns=(0, 0))  # touched, same bytes: same key (hashed again)
     assert onnx_runtime.ModelFiles(name, copy, "onnx").key("text") in original
     data = bytearray(copy.read_bytes())
@@ -224,6 +224,7 @@ def test_runtime_choice(backbone_weights) -> None:
 def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
     tiny_clip, tmp_path, monkeypatch, caplog
 ) -> None:
+    from lookalike.encoders import int8
     from lookalike.encoders import openvino as openvino_runtime
 
     monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
@@ -239,6 +240,7 @@ def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
     # a model whose vectors miss the bar: refused when asked for, run on ONNX Runtime by auto
     monkeypatch.setattr(openvino_runtime, "MIN_AGREEMENT", 1.5)
     monkeypatch.setattr(openvino_runtime, "CHECK_FORMAT", 99)  # a new check, not the cached one
+    monkeypatch.setattr(int8, "MIN_AGREEMENT", 1.5)  # auto's first choice, passed on too
     with pytest.raises(onnx_runtime.ExportError, match="agrees with the float32 export"):
         load_encoder(*tiny_clip, "cpu", runtime="openvino").encode_texts(["a cat"])
     fallback = load_encoder(*tiny_clip, "cpu", runtime="auto")
@@ -246,3 +248,70 @@ def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
         fallback.encode_texts(["a cat"]), first.encode_texts(["a cat"]), atol=1e-2
     )
     assert "running the text tower on ONNX Runtime instead" in caplog.text
+
+
+def _checks(cache: Path) -> list[dict]:
+    """The engines' check entries in a cache: what ran and the cosine it measured."""
+    metas = [json.loads(p.read_text()) for p in (cache / "runtime").glob("*/meta.json")]
+    return [m for m in metas if "agreement" in m and "precision" in m]
+
+
+@pytest.mark.parametrize(
+    ("flags", "engine"),
+    [("fpu sse4_2 avx avx2 fma", "onnxruntime"), ("avx2 avx512f avx512bw avx512_vnni", "openvino")],
+)
+def test_auto_runs_checked_int8_on_a_cpu_without_bf16(
+    tiny_clip, torch_encoder, tmp_path, monkeypatch, flags, engine
+) -> None:
+    from lookalike.encoders.int8 import Int8Encoder
+
+    if engine == "openvino":
+        pytest.importorskip("openvino")
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
+    monkeypatch.setenv("LOOKALIKE_CPU_FLAGS", flags)  # acts as that CPU
+    encoder = load_encoder(*tiny_clip, "cpu", runtime="auto")
+    assert isinstance(encoder, Int8Encoder)
+    assert (encoder.runtime, encoder.engine) == ("int8", engine)
+    batch = images()
+    # the bar holds on the check batch; inputs seen by neither calibration nor check stay close
+    assert least_cosine(encoder.encode_images(batch), torch_encoder.encode_images(batch)) >= 0.998
+    assert least_cosine(encoder.encode_texts(TEXTS), torch_encoder.encode_texts(TEXTS)) >= 0.998
+    # checked once per tower, the engine and its cosine kept in the cache entry
+    checks = _checks(tmp_path)
+    assert sorted(c["tower"] for c in checks) == ["image", "text"]
+    assert all(c["runtime"] == "int8" and c["engine"] == engine for c in checks)
+    assert all(c["agreement"][c["tower"]] >= 0.999 for c in checks)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runtime").glob("*/meta.json")}
+    again = load_encoder(*tiny_clip, "cpu", runtime="auto")
+    again.encode_images(batch[:2])
+    again.encode_texts(["a cat"])
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runtime").glob("*/meta.json")} == stamps
+
+
+def test_int8_below_the_bar_is_refused_or_passed_on_by_auto(
+    tiny_clip, torch_encoder, tmp_path, monkeypatch, caplog
+) -> None:
+    from lookalike.encoders import int8
+
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
+    monkeypatch.setenv("LOOKALIKE_CPU_FLAGS", "avx2 fma")
+    load_encoder(*tiny_clip, "cpu", runtime="int8").encode_texts(["a cat"])
+    measured = _checks(tmp_path)[0]["agreement"]["text"]
+    monkeypatch.setattr(int8, "MIN_AGREEMENT", measured + 1e-6)  # the cached cosine misses it
+    with pytest.raises(onnx_runtime.ExportError, match="agrees with the float32 export"):
+        load_encoder(*tiny_clip, "cpu", runtime="int8").encode_texts(["a cat"])
+    fallback = load_encoder(*tiny_clip, "cpu", runtime="auto")
+    assert least_cosine(fallback.encode_texts(TEXTS), torch_encoder.encode_texts(TEXTS)) >= 0.9999
+    assert "running the text tower on openvino instead" in caplog.text
+    assert len(_checks(tmp_path)) == 2  # int8's one check, then OpenVINO's: none repeated
+
+
+def test_cpu_flags_follow_the_override(monkeypatch) -> None:
+    from lookalike.encoders.probe import cpu_flags, int8_dot_products, native_bf16
+
+    monkeypatch.setenv("LOOKALIKE_CPU_FLAGS", "AVX2, fma avx512_vnni")
+    assert cpu_flags() == {"avx2", "fma", "avx512_vnni"}
+    assert int8_dot_products(cpu_flags()) and not native_bf16(cpu_flags())
+    monkeypatch.delenv("LOOKALIKE_CPU_FLAGS")
+    if Path("/proc/cpuinfo").exists():
+        assert "fpu" in cpu_flags() or not cpu_flags() & {"sse2"}  # the real CPU's flags

@@ -38,8 +38,8 @@ AllowPrivate = Annotated[
 RuntimeOpt = Annotated[
     str,
     typer.Option(
-        help="Model engine: auto (OpenVINO or ONNX Runtime on CPU, torch on GPU), torch, onnx, "
-        "openvino, onnx-int8."
+        help="Model engine: auto (checked int8, OpenVINO or ONNX Runtime on CPU, torch on GPU), "
+        "torch, onnx, openvino, onnx-int8, int8."
     ),
 ]
 ThreadsOpt = Annotated[

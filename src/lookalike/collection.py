@@ -92,7 +92,7 @@ class Collection(ImageAdding, Tagging, Exporting):
         ``backend`` chooses where rows, vectors and index live: "embedded" (the default, all
         in the folder) or "milvus" (a Milvus server at ``uri``, e.g. "http://HOST:19530").
         With ``exist_ok``, an existing collection made with the same model is opened instead.
-        ``runtime`` ("auto", "torch", "onnx", "onnx-int8") and ``threads`` choose how the model
+        ``runtime`` ("auto", "torch", "onnx", "int8", ...) and ``threads`` choose how the model
         runs in this process (see :mod:`lookalike.encoders.runtime`); ``open`` takes them too.
         """
         root = Path(path)

@@ -51,7 +51,7 @@ def load_encoder(
 ) -> Encoder:
     """Build the encoder a spec string names, loading its weights.
 
-    ``runtime`` picks the engine of open_clip models ("auto", "torch", "onnx", "onnx-int8":
+    ``runtime`` picks the engine of open_clip models ("auto", "torch", "onnx", "int8"...:
     see :mod:`lookalike.encoders.runtime`); ``threads`` caps its CPU threads.
     """
     from .runtime import load_open_clip, resolve_runtime, set_torch_threads

@@ -1,8 +1,11 @@
 """open_clip towers exported to ONNX once per model, tower and variant, run by ONNX Runtime.
 
-Variants: ``onnx`` (float32, agrees with torch to cosine >= 0.9999 per vector) and
-``onnx-int8`` (weights quantized to int8, activations quantized per batch at run time: dynamic
-quantization; cosine >= 0.99). The image graph takes the uint8 NHWC batch and returns unit
+Variants: ``onnx`` (float32, agrees with torch to cosine >= 0.9999 per vector), ``onnx-int8``
+(weights quantized to int8, activations quantized per batch at run time: dynamic quantization;
+cosine >= 0.99) and ``onnx-qdq`` (static quantization: int8 weights, and activation ranges
+fixed beforehand from calibration inputs, as QuantizeLinear/DequantizeLinear pairs that ONNX
+Runtime and OpenVINO both run as int8 kernels; its agreement is checked by the engine that runs
+it, see :mod:`lookalike.encoders.int8`). The image graph takes the uint8 NHWC batch and returns unit
 vectors, normalisation included; the text graph takes token ids with a dynamic sequence axis,
 so a short text runs a short sequence. Exports are checked against their reference on a probe
 batch before they are cached, and an unreadable cache entry is rebuilt.
@@ -33,15 +36,16 @@ import numpy as np
 from .._version import __version__
 from ..errors import BadInputError, LookalikeError
 from .cache import build_once, cache_key, discard, entry_path, weights_identity
-from .probe import physical_cores, probe_images
+from .probe import cpu_flags, int8_dot_products, physical_cores, probe_images, synthetic_photos
 from .textcache import TextCache, check_texts
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = 2  # bump when the exported graphs change: old cache entries are then unused
 OPSET = 17
+QDQ_FORMAT = 2  # bump when the static quantization changes
 META = "meta.json"
-VARIANTS = ("onnx", "onnx-int8")
+VARIANTS = ("onnx", "onnx-int8", "onnx-qdq")
 TOWERS = ("image", "text")
 MIN_AGREEMENT = {"onnx": 0.9999, "onnx-int8": 0.99}
 PROBE_TEXTS = ["a photo of a cat", "a police car at night in the rain", "x", "red"]
@@ -89,7 +93,8 @@ class ModelFiles:
                 "variant": self.variant,
                 "tower": tower,
                 # int8 kernels without VNNI saturate: such CPUs get 7-bit weights
-                "vnni": _has_vnni() if self.variant == "onnx-int8" else None,
+                "vnni": _has_vnni() if self.variant != "onnx" else None,
+                "qdq": QDQ_FORMAT if self.variant == "onnx-qdq" else None,
             }
         )
 
@@ -133,7 +138,8 @@ class ModelFiles:
             else:
                 source = ModelFiles(self.name, self.weights, "onnx")
                 source._reference = self._reference
-                meta = _quantize(source.folder(tower), folder, tower)
+                quantize = _quantize if self.variant == "onnx-int8" else _quantize_static
+                meta = quantize(source.folder(tower), folder, tower)
         except LookalikeError:
             raise
         except Exception as error:  # exporter, quantizer and ONNX Runtime raise many types
@@ -398,6 +404,96 @@ def _quantize(source: Path, folder: Path, tower: str) -> dict[str, Any]:
     return meta
 
 
+def calibration_feed(source: Path, meta: dict[str, Any], tower: str) -> list[np.ndarray]:
+    """Batches that set the activation ranges of a statically quantized tower: the probe
+    images and synthetic photos, or the probe texts and the tokenizer's probes (tokenized with
+    the vocabulary in the float32 entry ``source``)."""
+    if tower == "image":
+        size = int(meta["image_size"])
+        images = np.concatenate([probe_images(size), synthetic_photos(size, 20, seed=1)])
+        return [images[i : i + 4] for i in range(0, len(images), 4)]
+    batches = [np.asarray(meta["probe_tokens"], dtype=np.int64)]
+    if meta.get("tokenizer") and meta.get("text_trim"):
+        from .tokenizer import ClipTokenizer
+
+        described = meta["tokenizer"]
+        tokenizer = ClipTokenizer(
+            source / described["vocab"], described["context_length"], described["clean"]
+        )
+        trim = meta["text_trim"]
+        for text in TOKENIZER_PROBES:
+            batches.append(_trim(tokenizer([text]), trim["pool_type"], trim["eos_id"]))
+    return batches
+
+
+def check_feed(meta: dict[str, Any], tower: str) -> np.ndarray:
+    """What a quantized tower is checked on: probe images and synthetic photos not used to
+    calibrate it, or the probe texts."""
+    if tower == "image":
+        size = int(meta["image_size"])
+        return np.concatenate([probe_images(size), synthetic_photos(size, 12, seed=2)])
+    return np.asarray(meta["probe_tokens"], dtype=np.int64)
+
+
+def _quantize_static(source: Path, folder: Path, tower: str) -> dict[str, Any]:
+    """A statically quantized (QDQ) copy of the float32 graph of ``tower`` in ``source``.
+
+    Only the matrix multiplies by weights are quantized (per output channel); the attention
+    products, softmax and norms stay float32. Without int8 dot products (VNNI) the kernels
+    saturate on 8-bit weights, so those CPUs get 7-bit weights.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    meta = json.loads((source / META).read_text())
+    batches = calibration_feed(source, meta, tower)
+    input_name = "pixels" if tower == "image" else "tokens"
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs type-inference chatter on the root
+    try:
+        quantize_static(
+            str(source / f"{tower}.onnx"),
+            str(folder / f"{tower}.onnx"),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=not _has_vnni(),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            calibrate_method=CalibrationMethod.MinMax,
+            # int8 products come out in float: quantizing them again costs accuracy, not time
+            extra_options={
+                "MatMulConstBOnly": True,
+                "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+            },
+        )
+    finally:
+        root.setLevel(level)
+    for name in meta["files"]:  # the tokenizer's vocabulary travels with the text graph
+        if not name.endswith(".onnx") and name != META:
+            shutil.copyfile(source / name, folder / name)
+    meta.pop("files", None)
+    meta.pop("agreement", None)  # measured by the engine that runs it
+    meta["calibration_batches"] = len(batches)
+    return meta
+
+
 def _check(
     folder: Path, tower: str, feed: np.ndarray, expected: np.ndarray, minimum: float
 ) -> dict[str, float]:
@@ -508,9 +604,5 @@ def _providers(device: str | None) -> list[str]:
 
 
 def _has_vnni() -> bool:
-    """Whether the CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_vnni" in text or " avx_vnni" in text
+    """Whether the CPU has int8 dot-product instructions (see :func:`.probe.cpu_flags`)."""
+    return int8_dot_products(cpu_flags())

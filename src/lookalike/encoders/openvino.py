@@ -31,7 +31,7 @@ from .onnx import (
     ort_runner,
     read_meta,
 )
-from .probe import physical_cores, probe_images
+from .probe import cpu_flags, native_bf16, physical_cores, probe_images
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +95,7 @@ class OpenVinoEncoder(OnnxEncoder):
         return {**check, "cache_dir": str(entry / COMPILED)}
 
     def _compile(self, path: Path, cache_dir: str | None) -> Runner:
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": self.precision,
-            "INFERENCE_NUM_THREADS": self.threads or physical_cores(),
-            "PERFORMANCE_HINT": "LATENCY",
-            "ENABLE_CPU_PINNING": False,  # the cores are shared with decoders and a server
-        }
-        if cache_dir:
-            config["CACHE_DIR"] = cache_dir
-        compiled = self.core.compile_model(str(path), "CPU", config)
-        local = threading.local()  # an infer request serves one thread at a time
-
-        def run(feed: np.ndarray) -> np.ndarray:
-            if not hasattr(local, "request"):
-                local.request = compiled.create_infer_request()
-            return local.request.infer({0: feed})[0].copy()
-
-        return run
+        return ov_runner(self.core, path, self.precision, self.threads, cache_dir)
 
     def _check(self, source: Path, tower: str, folder: Path) -> None:
         """Least cosine between this engine and the float32 export on probes, into ``folder``."""
@@ -134,5 +118,33 @@ class OpenVinoEncoder(OnnxEncoder):
         (folder / META).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def ov_runner(
+    core: Any, path: Path, precision: str, threads: int | None, cache_dir: str | None
+) -> Runner:
+    """The graph at ``path`` compiled by OpenVINO for the CPU, as a function of its one input
+    (``precision`` f32 also runs a quantized graph's int8 operations as int8)."""
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": threads or physical_cores(),
+        "PERFORMANCE_HINT": "LATENCY",
+        "ENABLE_CPU_PINNING": False,  # the cores are shared with decoders and a server
+    }
+    if cache_dir:
+        config["CACHE_DIR"] = cache_dir
+    compiled = core.compile_model(str(path), "CPU", config)
+    local = threading.local()  # an infer request serves one thread at a time
+
+    def run(feed: np.ndarray) -> np.ndarray:
+        if not hasattr(local, "request"):
+            local.request = compiled.create_infer_request()
+        return local.request.infer({0: feed})[0].copy()
+
+    return run
+
+
 def _native_bf16(core: Any) -> bool:
-    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    """bfloat16 where both the CPU's flags (:func:`.probe.cpu_flags`, which an override can
+    narrow) and OpenVINO say so."""
+    return native_bf16(cpu_flags()) and "BF16" in core.get_property(
+        "CPU", "OPTIMIZATION_CAPABILITIES"
+    )

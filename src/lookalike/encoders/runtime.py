@@ -7,10 +7,16 @@
   (about 2x float32), checked once per model to agree to cosine >= 0.9999 too;
 - ``onnx-int8``: the ONNX export with int8 weights (dynamic quantization): faster on CPUs with
   int8 dot products, vectors change slightly (cosine >= 0.99), so it is only used when asked;
+- ``int8``: the export statically quantized to int8 with calibration, run by OpenVINO where
+  the CPU has int8 dot products (VNNI, AMX) and by ONNX Runtime elsewhere, checked once per
+  model and tower to agree with float32 to cosine >= 0.999 (:mod:`lookalike.encoders.int8`);
 - ``auto``: torch on CUDA, else the first of ``AUTO_CPU`` that is installed and passes its
   check: the fastest variants measured by ``bench/encoder.py`` (see ``bench/RESULTS.md``)
-  that keep the float32 bar; torch when none does. OpenVINO checks each tower on first use
-  and hands a tower that misses the bar to ONNX Runtime.
+  that keep cosine >= 0.999 to float32; torch when none does. ``int8`` and OpenVINO check each
+  tower on first use and hand a tower that misses their bar to the next runtime (``int8`` to
+  ``openvino``, that to ONNX Runtime float32). The CPU's flags decide the engines and
+  precisions (:func:`lookalike.encoders.probe.cpu_flags`; ``$LOOKALIKE_CPU_FLAGS`` overrides
+  them).
 
 torchvision backbones run on torch only.
 """
@@ -19,13 +25,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadInputError
 
 log = logging.getLogger("lookalike")
 
-RUNTIMES = ("auto", "torch", "onnx", "openvino", "onnx-int8")
-AUTO_CPU = ("openvino", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "openvino", "onnx-int8", "int8")
+AUTO_CPU = ("int8", "openvino", "onnx")
 
 
 def resolve_runtime(runtime: str, device: str | None) -> list[str]:
@@ -61,9 +68,10 @@ def load_open_clip(
     """An open_clip encoder on the runtime asked for (see the module doc)."""
     from .onnx import ExportError
 
-    for choice in resolve_runtime(runtime, device):
+    choices = resolve_runtime(runtime, device)
+    for at, choice in enumerate(choices):
         try:
-            return _load(choice, name, weights, device, threads, runtime)
+            return _load(choice, name, weights, device, threads, runtime, tuple(choices[at + 1 :]))
         except (ExportError, ImportError) as error:
             if runtime != "auto" or choice == "torch":
                 raise
@@ -78,6 +86,7 @@ def _load(
     device: str | None,
     threads: int | None,
     runtime: str,
+    after: tuple[str, ...] = (),
 ) -> object:
     if choice == "torch":
         from .openclip import OpenClipEncoder
@@ -90,6 +99,17 @@ def _load(
         return OpenVinoEncoder(
             name, weights, threads=threads, device=device, fallback=runtime == "auto"
         )
+    if choice == "int8":
+        from .int8 import Int8Encoder
+
+        exported = [c for c in after if c != "torch"]  # a tower's fallback runs an export
+
+        def fallback() -> Any:
+            return _load(exported[0], name, weights, device, threads, runtime, exported[1:])
+
+        return Int8Encoder(
+            name, weights, threads=threads, device=device, fallback=fallback if exported else None
+        )
     from .onnx import OnnxEncoder
 
     return OnnxEncoder(name, weights, choice, threads=threads, device=device)
@@ -99,7 +119,11 @@ def _installed(runtime: str) -> bool:
     """Whether the packages a runtime needs are installed (export needs onnx too)."""
     from importlib.util import find_spec
 
-    needs = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnxruntime", "onnx")}
+    needs = {
+        "onnx": ("onnxruntime", "onnx"),
+        "int8": ("onnxruntime", "onnx"),
+        "openvino": ("openvino", "onnxruntime", "onnx"),
+    }
     return all(find_spec(package) is not None for package in needs[runtime])
 
 
