@@ -454,7 +454,7 @@ def _quantize_static(source: Path, folder: Path, tower: str) -> dict[str, Any]:
     batches = calibration_feed(source, meta, tower)
     input_name = "pixels" if tower == "image" else "tokens"
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter(batches)
 

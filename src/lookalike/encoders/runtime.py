@@ -105,7 +105,7 @@ def _load(
         exported = [c for c in after if c != "torch"]  # a tower's fallback runs an export
 
         def fallback() -> Any:
-            return _load(exported[0], name, weights, device, threads, runtime, exported[1:])
+            return _load(exported[0], name, weights, device, threads, runtime, tuple(exported[1:]))
 
         return Int8Encoder(
             name, weights, threads=threads, device=device, fallback=fallback if exported else None
