@@ -19,6 +19,7 @@ installed into .venv-peers by ``make bench-peers``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -524,6 +525,8 @@ class MilvusServer:
         os.environ["ETCD_CONFIG_PATH"] = embedded_etcd_config(base, client_port, peer_port)
         self.server.start()
         self.pid = self.server.server_proc.pid
+        self.pid_file = server_pid_file(ctx, os.getpid())
+        self.pid_file.write_text(str(self.pid))
         connections.connect(host="127.0.0.1", port=self.server.listen_port)
         for name in utility.list_collections():  # a restart reloads what was loaded
             if str(utility.load_state(name)) != "NotLoad":
@@ -534,6 +537,7 @@ class MilvusServer:
 
         connections.disconnect("default")
         self.server.stop()
+        self.pid_file.unlink(missing_ok=True)
 
 
 def free_port() -> int:
@@ -900,7 +904,7 @@ def run_step(ctx: Context, step: str, name: str, timeout: float) -> str | None:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    stop_leftover_server(ctx)
+    stop_leftover_server(ctx, child.pid)
     if child.returncode == -9:
         return f"{step} ran past {timeout:.0f} s"
     if child.returncode:
@@ -909,16 +913,23 @@ def run_step(ctx: Context, step: str, name: str, timeout: float) -> str | None:
     return None
 
 
-def stop_leftover_server(ctx: Context) -> None:
-    """Ends a Milvus server that a killed or crashed step left running (this run's binary)."""
+def server_pid_file(ctx: Context, step_pid: int) -> Path:
+    """Where a step records the pid of the Milvus server it started."""
+    return results_dir(ctx) / f"milvus-server-of-{step_pid}.pid"
+
+
+def stop_leftover_server(ctx: Context, step_pid: int) -> None:
+    """Ends the Milvus server that a killed or crashed step left running, and only that."""
+    pid_file = server_pid_file(ctx, step_pid)
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
     binary = str(ctx.workdir / f"milvus-{ctx.n}" / "bin" / "milvus")
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and os.readlink(proc / "exe") == binary:
-                os.kill(int(proc.name), 9)
-                log(f"stopped a leftover Milvus server, pid {proc.name}")
-        except OSError:
-            continue
+    with contextlib.suppress(OSError):
+        if os.readlink(f"/proc/{pid}/exe") == binary:
+            os.kill(pid, 9)
+            log(f"stopped the Milvus server step {step_pid} left running, pid {pid}")
+    pid_file.unlink()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1015,6 +1026,11 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", choices=sorted(ENGINES), default=list(ENGINES))
     parser.add_argument("--workdir", type=Path, default=Path("peers-work"))
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per step")
+    parser.add_argument(
+        "--builds-only",
+        action="store_true",
+        help="only build (a second run can build beside a first; searches run one at a time)",
+    )
     parser.add_argument("--worker", choices=("build", "search"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -1025,7 +1041,7 @@ def main() -> None:
     prepare_data(ctx)
     errors = {}
     for name in args.engines:
-        for step in ("build", "search"):
+        for step in ("build",) if args.builds_only else ("build", "search"):
             error = run_step(ctx, step, name, args.timeout)
             if error:
                 errors[name] = error
