@@ -335,26 +335,8 @@ def faiss_batch(handle: Tunable, setting: Setting, queries: np.ndarray) -> np.nd
     return handle.use(setting).search(queries, K)[1]
 
 
-EF_LADDER = [
-    16,
-    24,
-    32,
-    48,
-    64,
-    96,
-    128,
-    192,
-    256,
-    384,
-    512,
-    768,
-    1024,
-    1536,
-    2048,
-    3072,
-    4096,
-    8192,
-]
+EF_LADDER = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]
+EF_LADDER += [3072, 4096, 8192]  # the hand-built HNSW32 needs more than 2048 on this data
 
 
 def doubling(lists: int) -> list[int]:
