@@ -507,8 +507,9 @@ def lance_batch(table: Any, setting: Setting, queries: np.ndarray) -> np.ndarray
 
 MILVUS_INDEXES = {
     "milvus-hnsw": ("HNSW", {"M": 16, "efConstruction": 128}),
-    "milvus-ivf-sq8": ("IVF_SQ8", None),  # nlist 4 sqrt(n), Milvus's guideline
+    "milvus-ivf-sq8": ("IVF_SQ8", None),  # nlist from the segment size, below
 }
+MILVUS_SEGMENT_ROWS = 512 * 2**20 // (DIM * 4)
 
 
 class MilvusServer:
@@ -565,7 +566,9 @@ def milvus_build(ctx: Context, engine: str) -> dict[str, Any]:
     from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, utility
 
     kind, params = MILVUS_INDEXES[engine]
-    params = params or {"nlist": 4 * round(ctx.n**0.5)}
+    # Milvus indexes each sealed segment (512 MB: 262 k rows of 512-d) on its own, and sizes
+    # nlist by a segment's rows: 4 sqrt(n), its guideline
+    params = params or {"nlist": 4 * round(min(ctx.n, MILVUS_SEGMENT_ROWS) ** 0.5)}
     server = MilvusServer(ctx)
     try:
         name = engine.replace("-", "_")
