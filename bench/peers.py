@@ -9,8 +9,10 @@ cached in the workdir). Each is built once (ingest + index, timed, in its own pr
 fresh process opens it and sweeps its search parameter upward until recall@20 on the tuning
 queries reaches the target; at that setting it times single queries (p50, p99, on other
 held-out queries), batch QPS, and the resident memory the open and the searches added to the
-process that holds the index (for Milvus: the server's). Results land in DIR/results-N/, so a
-rerun skips finished engines and a failed one is retried alone (``--engines``).
+process that holds the index (for Milvus: the server's). Results land in DIR/results-N-Q/
+(with each step's log), so a rerun skips finished steps and a failed one is retried alone
+(``--engines``). ``--builds-only`` lets a second run build beside a first; searches should
+run one at a time.
 
 Peers need packages that must not touch the project's pins: bench/peers-requirements.txt,
 installed into .venv-peers by ``make bench-peers``.
