@@ -9,8 +9,10 @@ cached in the workdir). Each is built once (ingest + index, timed, in its own pr
 fresh process opens it and sweeps its search parameter upward until recall@20 on the tuning
 queries reaches the target; at that setting it times single queries (p50, p99, on other
 held-out queries), batch QPS, and the resident memory the open and the searches added to the
-process that holds the index (for Milvus: the server's). Results land in DIR/results-N/, so a
-rerun skips finished engines and a failed one is retried alone (``--engines``).
+process that holds the index (for Milvus: the server's). Results land in DIR/results-N-Q/
+(with each step's log), so a rerun skips finished steps and a failed one is retried alone
+(``--engines``). ``--builds-only`` lets a second run build beside a first; searches should
+run one at a time.
 
 Peers need packages that must not touch the project's pins: bench/peers-requirements.txt,
 installed into .venv-peers by ``make bench-peers``.
@@ -19,6 +21,7 @@ installed into .venv-peers by ``make bench-peers``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -335,6 +338,7 @@ def faiss_batch(handle: Tunable, setting: Setting, queries: np.ndarray) -> np.nd
 
 
 EF_LADDER = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]
+EF_LADDER += [3072, 4096, 8192]  # the hand-built HNSW32 needs more than 2048 on this data
 
 
 def doubling(lists: int) -> list[int]:
@@ -505,8 +509,9 @@ def lance_batch(table: Any, setting: Setting, queries: np.ndarray) -> np.ndarray
 
 MILVUS_INDEXES = {
     "milvus-hnsw": ("HNSW", {"M": 16, "efConstruction": 128}),
-    "milvus-ivf-sq8": ("IVF_SQ8", None),  # nlist 4 sqrt(n), Milvus's guideline
+    "milvus-ivf-sq8": ("IVF_SQ8", None),  # nlist from the segment size, below
 }
+MILVUS_SEGMENT_ROWS = 512 * 2**20 // (DIM * 4)
 
 
 class MilvusServer:
@@ -524,6 +529,8 @@ class MilvusServer:
         os.environ["ETCD_CONFIG_PATH"] = embedded_etcd_config(base, client_port, peer_port)
         self.server.start()
         self.pid = self.server.server_proc.pid
+        self.pid_file = server_pid_file(ctx, os.getpid())
+        self.pid_file.write_text(str(self.pid))
         connections.connect(host="127.0.0.1", port=self.server.listen_port)
         for name in utility.list_collections():  # a restart reloads what was loaded
             if str(utility.load_state(name)) != "NotLoad":
@@ -534,6 +541,7 @@ class MilvusServer:
 
         connections.disconnect("default")
         self.server.stop()
+        self.pid_file.unlink(missing_ok=True)
 
 
 def free_port() -> int:
@@ -560,7 +568,9 @@ def milvus_build(ctx: Context, engine: str) -> dict[str, Any]:
     from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, utility
 
     kind, params = MILVUS_INDEXES[engine]
-    params = params or {"nlist": 4 * round(ctx.n**0.5)}
+    # Milvus indexes each sealed segment (512 MB: 262 k rows of 512-d) on its own, and sizes
+    # nlist by a segment's rows: 4 sqrt(n), its guideline
+    params = params or {"nlist": 4 * round(min(ctx.n, MILVUS_SEGMENT_ROWS) ** 0.5)}
     server = MilvusServer(ctx)
     try:
         name = engine.replace("-", "_")
@@ -824,6 +834,16 @@ def sweep(ctx: Context, engine: Engine, handle: Any, built: dict[str, Any]):
     return best, met, tried
 
 
+def warm_page_cache(folder: Path) -> None:
+    """Reads every file of an engine once, so each starts as on a server up for a while: its
+    files in the page cache (read(), not mapped: no process's memory grows by it)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as data:
+                while data.read(16 << 20):
+                    pass
+
+
 def search_step(ctx: Context, engine: Engine, built: dict[str, Any]) -> dict[str, Any]:
     """Open in this fresh process, sweep, then time and weigh at the chosen setting."""
     import importlib
@@ -832,6 +852,7 @@ def search_step(ctx: Context, engine: Engine, built: dict[str, Any]) -> dict[str
         importlib.import_module(module)
     tune, timed = ctx.query_sets()
     _, timed_truth = ctx.truth()
+    warm_page_cache(ctx.home(engine.name))
     pid, before = os.getpid(), memory(os.getpid())
     started = time.perf_counter()
     handle = engine.open(ctx, built)
@@ -900,7 +921,7 @@ def run_step(ctx: Context, step: str, name: str, timeout: float) -> str | None:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    stop_leftover_server(ctx)
+    stop_leftover_server(ctx, child.pid)
     if child.returncode == -9:
         return f"{step} ran past {timeout:.0f} s"
     if child.returncode:
@@ -909,16 +930,23 @@ def run_step(ctx: Context, step: str, name: str, timeout: float) -> str | None:
     return None
 
 
-def stop_leftover_server(ctx: Context) -> None:
-    """Ends a Milvus server that a killed or crashed step left running (this run's binary)."""
+def server_pid_file(ctx: Context, step_pid: int) -> Path:
+    """Where a step records the pid of the Milvus server it started."""
+    return results_dir(ctx) / f"milvus-server-of-{step_pid}.pid"
+
+
+def stop_leftover_server(ctx: Context, step_pid: int) -> None:
+    """Ends the Milvus server that a killed or crashed step left running, and only that."""
+    pid_file = server_pid_file(ctx, step_pid)
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
     binary = str(ctx.workdir / f"milvus-{ctx.n}" / "bin" / "milvus")
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and os.readlink(proc / "exe") == binary:
-                os.kill(int(proc.name), 9)
-                log(f"stopped a leftover Milvus server, pid {proc.name}")
-        except OSError:
-            continue
+    with contextlib.suppress(OSError):
+        if os.readlink(f"/proc/{pid}/exe") == binary:
+            os.kill(pid, 9)
+            log(f"stopped the Milvus server step {step_pid} left running, pid {pid}")
+    pid_file.unlink()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1015,6 +1043,11 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", choices=sorted(ENGINES), default=list(ENGINES))
     parser.add_argument("--workdir", type=Path, default=Path("peers-work"))
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per step")
+    parser.add_argument(
+        "--builds-only",
+        action="store_true",
+        help="only build (a second run can build beside a first; searches run one at a time)",
+    )
     parser.add_argument("--worker", choices=("build", "search"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -1025,7 +1058,7 @@ def main() -> None:
     prepare_data(ctx)
     errors = {}
     for name in args.engines:
-        for step in ("build", "search"):
+        for step in ("build",) if args.builds_only else ("build", "search"):
             error = run_step(ctx, step, name, args.timeout)
             if error:
                 errors[name] = error
