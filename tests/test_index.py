@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lookalike import Collection, ModelMismatchError, UnsupportedQueryError
+from lookalike import BadInputError, Collection, ModelMismatchError, UnsupportedQueryError
 
 DIM = 64
 N = 6000
@@ -215,3 +216,92 @@ def test_rows_straddling_pages_are_read_whole_when_prefetched(tmp_path: Path) ->
         hit = collection.search(vector=points[i], k=1)[0]
         assert hit.id == i and hit.score == pytest.approx(1.0, abs=1e-5)
     assert np.allclose(collection.vectors([10, 81]), unit[[10, 81]], atol=1e-6)
+
+
+def _recall(collection: Collection, vectors: np.ndarray, queries: np.ndarray) -> float:
+    found = [{h.id for h in collection.search(vector=q, k=20)} for q in queries]
+    truth = [set(exact_ids(vectors, q, 20)) for q in queries]
+    return float(np.mean([len(f & t) / 20 for f, t in zip(found, truth, strict=True)]))
+
+
+def test_tuned_recall_is_what_new_queries_get(trained: Collection, vectors: np.ndarray) -> None:
+    # the tuner searches stored vectors as new ones (each left out of its own answers), so the
+    # recall it records is the recall of held-out queries, not an optimistic figure
+    params = trained.backend.index.params  # type: ignore[attr-defined]
+    held_out = _recall(trained, vectors, clustered(300, seed=11))
+    assert params.recall_at_20 >= params.target_recall
+    assert held_out >= params.target_recall - 0.02
+    assert abs(params.recall_at_20 - held_out) <= 0.02
+
+
+def test_tune_index_retunes_without_retraining(trained: Collection, vectors: np.ndarray) -> None:
+    index_file = trained.backend.index.params.file  # type: ignore[attr-defined]
+    queries = clustered(150, seed=12)
+    low = trained.tune_index(queries, target_recall=0.5)
+    low_params = trained.backend.index.params  # type: ignore[attr-defined]
+    assert low >= 0.5 and low_params.target_recall == 0.5
+    high = trained.tune_index(queries, target_recall=0.99)
+    high_params = trained.backend.index.params  # type: ignore[attr-defined]
+    assert high >= 0.99
+    assert (high_params.nprobe, high_params.rerank) > (low_params.nprobe, low_params.rerank)
+    assert high_params.file == index_file  # the same trained index, only searched wider
+    assert _recall(trained, vectors, queries) >= 0.98
+    path = trained.path
+    trained.close()
+    with Collection.open(path) as reopened:  # the settings are saved with the index
+        assert reopened.backend.index.params.nprobe == high_params.nprobe  # type: ignore[attr-defined]
+
+
+def test_tune_index_takes_adds_since_the_index_file(trained: Collection) -> None:
+    fresh = clustered(40, seed=13)
+    ids = trained.add_vectors(fresh, [f"late{i}" for i in range(40)])
+    assert trained.backend.index.pending == 40  # type: ignore[attr-defined]
+    trained.tune_index(target_recall=0.9)
+    assert trained.backend.index.pending == 0  # type: ignore[attr-defined]
+    assert trained.search(vector=fresh[3], k=1)[0].id == ids[3]
+
+
+def test_tune_index_refuses_what_it_cannot_tune(
+    trained: Collection, tmp_path: Path, vectors: np.ndarray
+) -> None:
+    with pytest.raises(BadInputError, match="non-empty"):
+        trained.tune_index(np.zeros((3, DIM + 1), dtype=np.float32))
+    with pytest.raises(BadInputError, match="finite, non-zero"):
+        trained.tune_index(np.zeros((3, DIM), dtype=np.float32))
+    with pytest.raises(BadInputError, match="target_recall"):
+        trained.tune_index(target_recall=1.5)
+    with pytest.raises(UnsupportedQueryError):
+        trained.tune_index(texts=["a police car"])  # vectors-only: no text encoder
+    small = Collection.create(tmp_path / "small", f"vectors:{DIM}")
+    small.add_vectors(vectors[:300], [f"v{i}" for i in range(300)])
+    with pytest.raises(BadInputError, match="searched exactly"):
+        small.tune_index()
+
+
+def test_tuning_on_text_queries(tiny_clip, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lookalike.cli import app
+
+    spec, weights = tiny_clip
+    path = tmp_path / "clip"
+    texts = ["a police car", "a red bicycle", "two dogs on a beach", "a cracked weld"]
+    with Collection.create(path, spec, weights=weights) as collection:
+        stored = np.random.default_rng(3).standard_normal((600, 32)).astype(np.float32)
+        collection.add_vectors(stored, [f"v{i}" for i in range(600)])
+        collection.rebuild_index("ivf", nlist=16, tune_texts=texts, target_recall=0.9)
+        assert collection.backend.index.params.recall_at_20 >= 0.9  # type: ignore[attr-defined]
+        assert collection.tune_index(texts=texts, target_recall=1.0) == 1.0
+        with pytest.raises(BadInputError, match="not both"):
+            collection.tune_index(stored[:2], texts=texts)
+    runner = CliRunner()
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(texts) + "\n\n")
+    result = runner.invoke(app, ["tune", str(path), "--texts", str(queries), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["recall_at_20"] >= 0.95
+    result = runner.invoke(app, ["tune", str(path), "--target-recall", "0.8"])
+    assert result.exit_code == 0 and "target 0.8 reached" in result.output
+    queries.write_text("\n \n")
+    result = runner.invoke(app, ["tune", str(path), "--texts", str(queries)])
+    assert result.exit_code == 2 and "holds no text queries" in result.output

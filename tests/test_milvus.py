@@ -286,6 +286,8 @@ def test_rebuild_index_hnsw_then_flat(pair: tuple[Collection, Collection]) -> No
     assert np.mean(overlaps) >= 0.95
     with pytest.raises(BadInputError, match="index kind"):
         milvus.rebuild_index("annoy")
+    with pytest.raises(BadInputError, match="fixed settings"):
+        milvus.tune_index(target_recall=0.9)
     assert milvus.rebuild_index("flat") == "flat"
     _agree(milvus.search(id=3, k=K), embedded.search(id=3, k=K))
 

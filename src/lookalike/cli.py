@@ -635,6 +635,41 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def tune(
+    collection: CollectionArg,
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file of text queries like your users' (one a line) to tune on; "
+            "default: stored images searched as new ones.",
+            dir_okay=False,
+        ),
+    ] = None,
+    target_recall: Annotated[
+        float, typer.Option(help="Recall@20 to reach, in (0, 1].", min=0.01, max=1.0)
+    ] = 0.95,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-tune the trained index's search settings to a target recall, without retraining."""
+    lines: list[str] = []
+    if texts is not None:
+        try:
+            lines = [t.strip() for t in texts.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise typer.BadParameter(f"cannot read {texts}: {error}") from error
+        lines = [t for t in lines if t]
+        if not lines:
+            raise typer.BadParameter(f"{texts} holds no text queries")
+    with _open(collection) as col:
+        reached = col.tune_index(texts=lines, target_recall=target_recall)
+    if as_json:
+        out.print_json(data={"recall_at_20": reached, "target_recall": target_recall})
+    else:
+        state = "reached" if reached >= target_recall else "not reached (the best setting kept)"
+        out.print(f"recall@20 {reached:.3f}: target {target_recall} {state}", highlight=False)
+
+
 DUPLICATE_FORMATS = ("table", "json", "csv")
 
 

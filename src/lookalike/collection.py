@@ -164,6 +164,7 @@ class Collection(ImageAdding, Tagging, Exporting):
         target_recall: float = 0.95,
         nlist: int | None = None,
         memory_budget: int | None = None,
+        tune_texts: Sequence[str] = (),
     ) -> str:
         """(Re)build the vector index from the stored vectors; returns the kind in use.
 
@@ -171,10 +172,41 @@ class Collection(ImageAdding, Tagging, Exporting):
         ``lookalike.index.FLAT_LIMIT`` live images; ``ivf`` retrains even a small collection;
         ``flat`` drops any trained index. ``memory_budget`` (bytes; default half the RAM)
         bounds the IVF index's re-rank data: past it, compact codes stand in for the vectors.
+        A trained index is tuned to ``target_recall`` on stored images searched as new ones,
+        or on ``tune_texts`` when given (see :meth:`tune_index`).
         """
-        return self.backend.rebuild_index(
-            kind, target_recall=target_recall, nlist=nlist, memory_budget=memory_budget
-        )
+        options: dict[str, Any] = {"target_recall": target_recall, "nlist": nlist}
+        options["memory_budget"] = memory_budget
+        if tune_texts:
+            options["tune_queries"] = self._tuning_vectors(None, tune_texts)
+        return self.backend.rebuild_index(kind, **options)
+
+    def tune_index(
+        self,
+        queries: np.ndarray | None = None,
+        *,
+        texts: Sequence[str] = (),
+        target_recall: float = 0.95,
+    ) -> float:
+        """Re-tune the trained index's search settings (lists probed, candidates re-ranked)
+        to reach ``target_recall`` (recall@20) on searches like the users' own, without
+        retraining; returns the recall reached (below the target only when no setting
+        reaches it). ``queries``: query vectors; ``texts``: text queries, embedded here
+        (CLIP texts sit apart from image vectors, so image-tuned settings may fall short for
+        them); neither: stored images searched as if new. Takes one pass over the vectors.
+        """
+        return self.backend.tune_index(self._tuning_vectors(queries, texts), target_recall)
+
+    def _tuning_vectors(
+        self, queries: np.ndarray | None, texts: Sequence[str]
+    ) -> np.ndarray | None:
+        if queries is not None and texts:
+            raise BadInputError("tune on query vectors or on texts, not both")
+        if isinstance(texts, str):
+            raise BadInputError("texts must be a list of strings, not one string")
+        if texts:
+            return self.encoder.encode_texts([Query.build(text=t).parts[0].value for t in texts])
+        return queries
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -118,9 +118,8 @@ _ROW_COLUMNS = (
 
 
 def _row(r: tuple) -> Row:
-    return Row(
-        r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], bool(r[9]), bool(r[10])
-    )
+    metadata = {} if r[7] == "{}" else json.loads(r[7])  # most rows: a search's 20 hits' worth
+    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], metadata, r[8], bool(r[9]), bool(r[10]))
 
 
 @dataclass(frozen=True)
@@ -272,19 +271,25 @@ class VectorShards:
         """Vectors of the given ids (each < count), in order; ``prefetch``: see :func:`gather`
         (for shards that outgrow the page cache)."""
         wanted = np.asarray(ids, dtype=np.int64)
+        if len(wanted) and wanted.max() < SHARD_ROWS and wanted.min() >= 0:  # one shard, the 0th
+            return self._get_from(0, wanted, prefetch)
         out = np.empty((len(wanted), self.dim), dtype=np.float32)
         shards = wanted // SHARD_ROWS
         for shard in np.unique(shards):
             where = np.flatnonzero(shards == shard)
             rows = wanted[where] - int(shard) * SHARD_ROWS
-            if rows.max() >= self.rows_in(int(shard)):
-                raise CollectionError(
-                    f"the vector of id {int(shard) * SHARD_ROWS + int(rows.max())} is missing "
-                    f"from {self._path(int(shard))}: run `lookalike verify`"
-                )
-            mapped, block = self._scattered_map(int(shard), int(rows.max()) + 1)
-            out[where] = gather(mapped, block, rows) if prefetch else block[rows]
+            out[where] = self._get_from(int(shard), rows, prefetch)
         return out
+
+    def _get_from(self, shard: int, rows: np.ndarray, prefetch: bool) -> np.ndarray:
+        """Vectors of rows (positions within one shard)."""
+        if rows.max() >= self.rows_in(shard):
+            raise CollectionError(
+                f"the vector of id {shard * SHARD_ROWS + int(rows.max())} is missing "
+                f"from {self._path(shard)}: run `lookalike verify`"
+            )
+        mapped, block = self._scattered_map(shard, int(rows.max()) + 1)
+        return gather(mapped, block, rows) if prefetch else block[rows]
 
     def _scattered_map(self, shard: int, rows: int) -> tuple[mmap.mmap, np.ndarray]:
         cached = self._scattered.get(shard)

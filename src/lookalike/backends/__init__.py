@@ -144,6 +144,10 @@ class Backend(Protocol):
     def rebuild_index(self, kind: str = "auto", **options: Any) -> str:
         """(Re)build the index from the stored vectors; returns the kind in use."""
 
+    def tune_index(self, queries: np.ndarray | None, target_recall: float) -> float:
+        """Re-tune the trained index's search settings to ``target_recall`` on ``queries``
+        (vectors; None: the backend's own sample) without retraining; the recall reached."""
+
     def close(self) -> None:
         """Release files, connections and locks."""
 

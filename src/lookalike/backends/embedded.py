@@ -15,8 +15,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import NotFoundError
-from ..index import VectorIndex, build_index, keep_up, needs_training, open_index
-from ..store import NewRow, Row, Store
+from ..index import (
+    IvfIndex,
+    VectorIndex,
+    build_index,
+    keep_up,
+    needs_training,
+    open_index,
+    tune_index,
+)
+from ..store import NewRow, Row, Store, View
 
 
 class EmbeddedBackend:
@@ -120,7 +128,7 @@ class EmbeddedBackend:
     ) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`~lookalike.backends.Backend`."""
         view = self.store.view()
-        allowed = self._allowed(filter, list(exclude_ids), tags, exclude_tags)
+        allowed = self._allowed(filter, list(exclude_ids), tags, exclude_tags, view)
         return self.index.search(queries, k, view.count, allowed, min_score)
 
     def allowed_ids(
@@ -142,9 +150,10 @@ class EmbeddedBackend:
         excluded: list[int],
         tags: Sequence[str] = (),
         exclude_tags: Sequence[str] = (),
+        view: View | None = None,
     ) -> np.ndarray | None:
         """Mask over ids of the rows a search may return; None when every row may."""
-        view = self.store.view()
+        view = view or self.store.view()
         if not (filter or excluded or tags or exclude_tags or view.deleted_count):
             return None
         allowed = ~view.deleted
@@ -218,6 +227,21 @@ class EmbeddedBackend:
                 self.path, self.store.vectors, view.count, ~view.deleted, kind, **options
             )
         return self.index.kind
+
+    def tune_index(self, queries: np.ndarray | None, target_recall: float) -> float:
+        """See :class:`~lookalike.backends.Backend`."""
+        with self.store.writing():
+            view = self.store.view()
+            self.index = tune_index(
+                self.path,
+                self.index,
+                view.count,
+                ~view.deleted,
+                queries,
+                target_recall=target_recall,
+            )
+        assert isinstance(self.index, IvfIndex)
+        return self.index.params.recall_at_20
 
     def close(self) -> None:
         """See :class:`~lookalike.backends.Backend`."""

@@ -761,6 +761,14 @@ class MilvusBackend:
             self._save(index=params["index_type"])
         return KIND_OF[params["index_type"]]
 
+    def tune_index(self, queries: np.ndarray | None, target_recall: float) -> float:
+        """See :class:`~lookalike.backends.Backend`: not offered; Milvus searches with the
+        fixed ``ef`` / ``nprobe`` of :func:`search_params`."""
+        raise BadInputError(
+            "tuning applies to the embedded index; a Milvus collection searches with fixed "
+            f"settings (HNSW ef >= {HNSW_MIN_EF}, IVF_SQ8 nprobe {IVF_NPROBE})"
+        )
+
     def close(self) -> None:
         """See :class:`~lookalike.backends.Backend`."""
         self._pymilvus.connections.disconnect(self._alias)

@@ -3,7 +3,15 @@ index with re-ranking, shared top-k helpers, and the policy of which index when.
 
 from .flat import FlatIndex, VectorIndex
 from .ivf import IvfIndex, build_ivf, drop_ivf, has_ivf
-from .policy import FLAT_LIMIT, INDEX_KINDS, build_index, keep_up, needs_training, open_index
+from .policy import (
+    FLAT_LIMIT,
+    INDEX_KINDS,
+    build_index,
+    keep_up,
+    needs_training,
+    open_index,
+    tune_index,
+)
 from .topk import RunningTopK, pad, top_k
 
 __all__ = [
@@ -22,4 +30,5 @@ __all__ = [
     "open_index",
     "pad",
     "top_k",
+    "tune_index",
 ]

@@ -138,8 +138,24 @@ def rerank(
         approx, candidates = top_k(approx, candidates, k * exact_per_result)
         candidates = np.where(np.isfinite(approx), candidates, -1)
     cold = codes is not None  # the shards outgrow the page cache: fetch rows in parallel
+    if len(queries) == 1:
+        return _rerank_one(queries[0], candidates[0], k, lambda ids: vectors.get(ids, count))
     exact = _scores(queries, candidates, lambda ids: vectors.get(ids, count, prefetch=cold))
     return pad(*top_k(exact, candidates, k), k)
+
+
+def _rerank_one(
+    query: np.ndarray, candidates: np.ndarray, k: int, fetch
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rerank` of one query's candidates (a served search) in a few numpy calls: the
+    general path's pairs bookkeeping costs more than the scoring at this size."""
+    ids = np.unique(candidates[candidates >= 0])  # repeats scored once; in file order
+    scores = fetch(ids) @ query
+    if len(ids) > k:
+        best = np.argpartition(-scores, k - 1)[:k]
+        ids, scores = ids[best], scores[best]
+    order = np.argsort(-scores, kind="stable")
+    return pad(scores[order][None], ids[order][None], k)
 
 
 def _read_ahead(path: Path) -> None:
