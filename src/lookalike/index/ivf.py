@@ -378,7 +378,9 @@ def tune_ivf(
     count = min(count, params.indexed_count)
     # the ids the index was trained on are not recorded: at most a few percent of a large
     # collection (params.trained_on), so few of the sampled queries are among them
-    tuning = _Tuning.of(vectors, count, live, queries, np.random.default_rng(seed), np.empty(0, np.int64))
+    tuning = _Tuning.of(
+        vectors, count, live, queries, np.random.default_rng(seed), np.empty(0, np.int64)
+    )
     for start, block in vectors.chunks(count):
         for offset in range(0, len(block), 100_000):
             part = np.ascontiguousarray(block[offset : offset + 100_000])
