@@ -465,10 +465,11 @@ def test_progress_reports_every_image_up_to_the_total(tiny_clip, tmp_path: Path)
     assert seen[-1][1] > 0
 
 
-def test_decoding_runs_in_worker_processes_by_default() -> None:
+def test_decoding_runs_in_threads_by_default() -> None:
     from lookalike.ingest import IngestOptions
 
-    assert IngestOptions().workers == max(1, min(8, (os.cpu_count() or 2) - 1))
+    assert IngestOptions().workers == 0
+    assert IngestOptions().threads == max(1, min(8, os.cpu_count() or 1))
 
 
 def demo_results(tiny_clip, workdir: Path, monkeypatch, capsys) -> list[str]:
