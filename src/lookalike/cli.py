@@ -144,8 +144,8 @@ def index(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Decoding processes beside the encoder [default: 0: threads of this process,"
-            " one per core, between encoder batches]."
+            help="Decoding processes beside the encoder [default: 0 (threads of this process"
+            " take turns with a CPU encoder); beside a GPU encoder, cores - 1, at most 8]."
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 64,

@@ -47,13 +47,22 @@ def default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def default_workers(encoder: Encoder) -> int:
+    """Worker processes by default: none while the encoder computes on the CPU (threads take
+    turns with it); beside a GPU encoder, cores - 1 (at most 8), preparing while it runs."""
+    if str(getattr(encoder, "device", "cpu") or "cpu").startswith("cpu"):
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     """How an ingest run behaves."""
 
     batch_size: int = 64
-    # worker processes preparing beside the encoder; 0 prepares in this process, between batches
-    workers: int = 0
+    # worker processes preparing beside the encoder; 0 prepares in this process, between
+    # batches; None: by the encoder's device (:func:`default_workers`)
+    workers: int | None = None
     threads: int = field(default_factory=default_threads)  # preparing threads when workers=0
     strict: bool = False  # stop at the first bad item instead of skipping it
     limits: ImageLimits = field(default_factory=ImageLimits)
@@ -79,12 +88,13 @@ def ingest(
 ) -> IngestReport:
     """Add every new image of ``items`` to ``store``, committing batch by batch."""
     committer = Committer(store, options, progress, encode=encoder.encode_images)
-    if options.workers <= 0:
+    workers = default_workers(encoder) if options.workers is None else options.workers
+    if workers <= 0:
         _take_turns(committer, encoder, items, options)
         return committer.finish()
     in_flight: deque[Future] = deque()
-    window = options.batch_size * 2 + options.workers * 8
-    with _executor(options.workers) as pool:
+    window = options.batch_size * 2 + workers * 8
+    with _executor(workers) as pool:
         try:
             for item in items:
                 if item.error:
