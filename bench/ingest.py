@@ -1,44 +1,45 @@
 """Ingest benchmark: end-to-end `Collection.add` vs the encoder alone, same model, same run.
 
-    python bench/ingest.py --n 192 --size 1024x768     # one command; prints tables
-    python bench/ingest.py --n 48 --size 4032x3024     # 12-megapixel camera photos
+    python bench/ingest.py --n 96 --size 1024x768 --repeats 3    # one command; prints tables
+    python bench/ingest.py --n 24 --size 4032x3024               # 12-megapixel camera photos
 
 Photos are generated camera-like JPEGs (quality 90, 4:2:0): a scene of gradients and shapes
 drawn at a quarter of the size and upscaled, plus fine texture and sensor noise at full size,
 so they compress like photos (~2.7 bits a pixel: ~270 KB at 1024x768, ~4 MB at 4032x3024).
 The model is open_clip ViT-B-32 with random weights saved to a local checkpoint (speed does
-not depend on weight values).
+not depend on weight values; ``--weights`` reuses one, and with it the runtime's export).
 
-Three measurements, each a ratio taken within this run so that a busy machine affects both
-sides alike, repeated ``--repeats`` times (median and spread printed):
+Measured in this process, each a ratio taken within this run so that a busy machine affects
+both sides alike, repeated ``--repeats`` times (median and range printed):
 
-- prepare: per photo, the ingest's preparation (read, hash, JPEG draft decode, resize and crop
-  to model input) now vs the previous path (the same with Pillow's bicubic resize), in
-  alternation, in this process; with how closely the two agree, and how closely each agrees
-  with open_clip's own preprocessing (torchvision Resize + CenterCrop of the full image);
+- breakdown: CPU milliseconds per photo of each step of preparing it (read, hash, open and
+  check headers, JPEG draft decode, EXIF and mode, resize and crop, pickling the pixels as a
+  worker process sends them), against the encoder's CPU and wall milliseconds per image;
 - encoder alone: embedding the already prepared pixels;
 - end-to-end: reads, hashes, decodes, resizes, encodes and commits into a fresh collection,
-  with decoding inline and in worker processes; each pass alternates with an encoder-alone
-  pass, and the ratio is to that pass.
+  preparing in ``--threads`` threads of this process (taking turns with the encoder; 1 is
+  inline) and in ``--workers`` worker processes (beside the encoder); each pass alternates
+  with an encoder-alone pass, and the ratio is to that pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import pickle
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from lookalike import Collection
+from lookalike import Collection, imaging
 from lookalike.fetch import FetchPolicy
-from lookalike.imaging import DEFAULT_LIMITS, decode_image
+from lookalike.imaging import DEFAULT_LIMITS, to_model_input
 from lookalike.prepare import PreparedImage, content_hash, prepare, read_bytes
 from lookalike.sources import SourceItem
 
@@ -88,78 +89,96 @@ def random_checkpoint(folder: Path, arch: str) -> Path:
     return path
 
 
-def previous_prepare(path: Path, size: int) -> np.ndarray:
-    """The preparation before this change: read, hash, draft decode, Pillow bicubic resize."""
-    data = read_bytes(str(path), DEFAULT_LIMITS, FetchPolicy())
-    content_hash(data)
-    image = decode_image(data, min_side=size).image
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    box = (left, top, left + side, top + side)
-    square = image.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
-    return np.array(square, dtype=np.uint8)
-
-
 def current_prepare(path: Path, size: int) -> np.ndarray:
-    """What an ingest does now for one photo (``lookalike.prepare.prepare``)."""
+    """What an ingest does for one photo (``lookalike.prepare.prepare``)."""
     result = prepare(SourceItem(str(path)), size, DEFAULT_LIMITS, FetchPolicy())
     assert isinstance(result, PreparedImage), result
     return result.pixels
 
 
-def cpu_each(fn: Callable[[Path, int], np.ndarray], paths: list[Path], size: int) -> float:
-    """CPU milliseconds per photo, all threads of this process: unlike wall time, this does
-    not count the waits of a machine shared with other jobs."""
+STEPS = (
+    "read",
+    "content hash",
+    "open, check headers, draft",
+    "JPEG decode (libjpeg-turbo)",
+    "EXIF orientation, RGB",
+    "resize + crop (to_model_input)",
+    "pickle pixels (worker IPC)",
+)
+
+
+def breakdown(paths: list[Path], size: int) -> dict[str, float]:
+    """CPU milliseconds per photo of each step of ``prepare`` (the same calls, one by one)."""
+    spent = dict.fromkeys(STEPS, 0.0)
+    for path in paths:
+        times = [time.process_time()]
+        data = read_bytes(str(path), DEFAULT_LIMITS, FetchPolicy())
+        times.append(time.process_time())
+        content_hash(data)
+        times.append(time.process_time())
+        image = imaging._open_checked(data, DEFAULT_LIMITS)
+        image.draft("RGB", (size, size))
+        times.append(time.process_time())
+        image.load()
+        times.append(time.process_time())
+        imaging._orientation(image)
+        rgb = imaging._to_rgb(image)
+        times.append(time.process_time())
+        pixels = to_model_input(rgb, size)
+        times.append(time.process_time())
+        pickle.dumps(pixels)
+        times.append(time.process_time())
+        for step, before, after in zip(STEPS, times, times[1:], strict=False):
+            spent[step] += after - before
+    return {step: 1000 * total / len(paths) for step, total in spent.items()}
+
+
+def prepare_cpu(paths: list[Path], size: int) -> float:
+    """CPU milliseconds per photo of ``prepare`` as a whole."""
     started = time.process_time()
     for path in paths:
-        fn(path, size)
+        current_prepare(path, size)
     return 1000 * (time.process_time() - started) / len(paths)
-
-
-def reference_inputs(paths: list[Path], arch: str) -> tuple[np.ndarray, tuple, tuple]:
-    """open_clip's own preprocessing of the full-size photos (normalised model input), and
-    the mean and std it normalises with."""
-    import open_clip
-
-    _, _, transform = open_clip.create_model_and_transforms(arch)
-    norm = transform.transforms[-1]
-    inputs = np.stack([transform(Image.open(p)).numpy() for p in paths])
-    return inputs, tuple(norm.mean), tuple(norm.std)
-
-
-def normalise(pixels: np.ndarray, mean: tuple, std: tuple) -> np.ndarray:
-    """uint8 NHWC -> float NCHW, as the model sees it."""
-    x = pixels.astype(np.float32) / 255
-    return ((x - np.array(mean, np.float32)) / np.array(std, np.float32)).transpose(0, 3, 1, 2)
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    return float(cos.min())
 
 
 def encoder_alone(collection: Collection, pixels: np.ndarray, batch: int) -> float:
     """Images per second of the encoder on ready pixels."""
-    started = time.perf_counter()
+    return encoder_timed(collection, pixels, batch)[0]
+
+
+def encoder_timed(collection: Collection, pixels: np.ndarray, batch: int) -> tuple[float, float]:
+    """Images per second of the encoder on ready pixels, and its CPU ms per image."""
+    started, cpu = time.perf_counter(), time.process_time()
     for first in range(0, len(pixels), batch):
         collection.encoder.encode_images(pixels[first : first + batch])
-    return len(pixels) / (time.perf_counter() - started)
+    used = time.process_time() - cpu
+    return len(pixels) / (time.perf_counter() - started), 1000 * used / len(pixels)
 
 
 def end_to_end(
-    workdir: Path, photos: Path, spec: str, weights: Path, args: argparse.Namespace, workers: int
+    workdir: Path, photos: Path, spec: str, weights: Path, args: argparse.Namespace, variant: str
 ) -> float:
-    """Images per second of a full ingest into a fresh collection."""
-    path = workdir / f"e2e-{workers}"
+    """Images per second of a full ingest into a fresh collection; ``variant`` is ``tN`` (N
+    threads, taking turns with the encoder) or ``pN`` (N worker processes beside it)."""
+    path = workdir / f"e2e-{variant}"
     collection = Collection.create(path, spec, weights=weights, runtime=args.runtime)
     size = collection.encoder.image_size  # model loading is not ingest, nor is the first
     collection.encoder.encode_images(np.zeros((1, size, size, 3), np.uint8))  # run's compile
-    report = collection.add(photos, workers=workers, batch_size=args.batch)
+    count = int(variant[1:])
+    options = {"workers": 0, "threads": count} if variant[0] == "t" else {"workers": count}
+    report = collection.add(photos, batch_size=args.batch, **options)
     collection.close()
     shutil.rmtree(path)
     return report.added / report.seconds
+
+
+def variant_label(variant: str) -> str:
+    count = int(variant[1:])
+    if variant == "t1":
+        return "inline (1 thread, between batches)"
+    if variant[0] == "t":
+        return f"{count} threads, between batches"
+    return f"{count} worker process{'es' if count > 1 else ''}, beside the encoder"
 
 
 def runtime_name(collection: Collection) -> str:
@@ -177,13 +196,15 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=192)
+    parser.add_argument("--n", type=int, default=96)
     parser.add_argument("--size", default="1024x768", help="photo WIDTHxHEIGHT")
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1])
+    parser.add_argument("--weights", type=Path, help="a checkpoint of --arch to reuse")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     workdir = Path(tempfile.mkdtemp(prefix="lookalike-ingest-"))
@@ -196,7 +217,7 @@ def main() -> None:
 def run(args: argparse.Namespace, workdir: Path, width: int, height: int) -> None:
     paths = write_photos(workdir / "photos", args.n, width, height)
     mean_kb = statistics.mean(p.stat().st_size for p in paths) / 1024
-    weights = random_checkpoint(workdir, args.arch)
+    weights = args.weights or random_checkpoint(workdir, args.arch)
     spec = f"open_clip:{args.arch}"
     reference = Collection.create(
         workdir / "reference", spec, weights=weights, runtime=args.runtime
@@ -205,62 +226,56 @@ def run(args: argparse.Namespace, workdir: Path, width: int, height: int) -> Non
     print(
         f"\n{args.n} camera-like JPEGs {width}x{height} (~{mean_kb:.0f} KB), {spec} random "
         f"weights, runtime={args.runtime} ({runtime_name(reference)}), batch {args.batch}, "
-        f"{args.repeats} repeats: median (range)\n"
+        f"{args.repeats} repeats: median (range); load average "
+        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}\n"
     )
 
     pixels = np.stack([current_prepare(p, size) for p in paths])
-    before = np.stack([previous_prepare(p, size) for p in paths])
-    sample = paths[: min(16, len(paths))]
-    official, mean, std = reference_inputs(sample, args.arch)
-    ours, theirs = (
-        normalise(pixels[: len(sample)], mean, std),
-        normalise(before[: len(sample)], mean, std),
-    )
-    vectors_now = reference.encoder.encode_images(pixels[: len(sample)])
-    vectors_before = reference.encoder.encode_images(before[: len(sample)])
-    print("| agreement (least over photos) | cosine |")
-    print("| --- | --- |")
-    print(f"| model input, now vs previous prepare | {min_cosine(ours, theirs):.5f} |")
-    print(f"| model input, now vs open_clip preprocessing | {min_cosine(ours, official):.5f} |")
-    print(
-        f"| model input, previous vs open_clip preprocessing | {min_cosine(theirs, official):.5f} |"
-    )
-    print(f"| embedding, now vs previous prepare | {min_cosine(vectors_now, vectors_before):.5f} |")
-
     encoder_alone(reference, pixels[: args.batch], args.batch)  # warm-up
-    now_ms: list[float] = []
-    before_ms: list[float] = []
+    variants = [f"t{n}" for n in args.threads] + [f"p{n}" for n in args.workers]
+    steps: list[dict[str, float]] = []
+    whole: list[float] = []
+    encoder_cpu: list[float] = []
+    encoder_wall: list[float] = []
     alone: list[float] = []
-    e2e: dict[int, list[float]] = {w: [] for w in args.workers}
-    e2e_ratio: dict[int, list[float]] = {w: [] for w in args.workers}
-    for _ in range(args.repeats):
-        before_ms.append(cpu_each(previous_prepare, paths, size))
-        now_ms.append(cpu_each(current_prepare, paths, size))
-        for workers in args.workers:
+    e2e: dict[str, list[float]] = {v: [] for v in variants}
+    e2e_ratio: dict[str, list[float]] = {v: [] for v in variants}
+    for repeat in range(args.repeats):
+        rate, cpu = encoder_timed(reference, pixels, args.batch)
+        encoder_wall.append(1000 / rate)
+        encoder_cpu.append(cpu)
+        steps.append(breakdown(paths, size))
+        whole.append(prepare_cpu(paths, size))
+        for variant in variants[repeat % len(variants) :] + variants[: repeat % len(variants)]:
             rate = encoder_alone(reference, pixels, args.batch)
             alone.append(rate)
-            e2e[workers].append(
-                end_to_end(workdir, workdir / "photos", spec, weights, args, workers)
+            e2e[variant].append(
+                end_to_end(workdir, workdir / "photos", spec, weights, args, variant)
             )
-            e2e_ratio[workers].append(e2e[workers][-1] / rate)
+            e2e_ratio[variant].append(e2e[variant][-1] / rate)
         print(  # as it goes: on a busy machine a run may not finish
-            f"repeat {len(now_ms)}: prepare {now_ms[-1]:.2f} / {before_ms[-1]:.2f} ms; "
-            + ", ".join(f"{w} workers {r[-1]:.2f}" for w, r in e2e_ratio.items()),
+            f"repeat {repeat + 1} (load {os.getloadavg()[0]:.1f}): prepare {whole[-1]:.2f} ms "
+            f"CPU, encoder {encoder_cpu[-1]:.1f} ms CPU / {encoder_wall[-1]:.1f} ms wall; "
+            + ", ".join(f"{v} {r[-1]:.2f}" for v, r in e2e_ratio.items()),
             flush=True,
         )
     reference.close()
 
-    ratios = [n / b for n, b in zip(now_ms, before_ms, strict=True)]
-    print("\n| prepare, one photo | CPU ms | now / previous |")
+    print("\n| per photo | CPU ms | share of prepare |")
     print("| --- | --- | --- |")
-    print(f"| previous (Pillow bicubic resize) | {spread(before_ms)} | 1.00 |")
-    print(f"| now (inline, this process) | {spread(now_ms)} | {spread(ratios)} |")
+    for step in STEPS:
+        values = [s[step] for s in steps]
+        share = [s[step] / w for s, w in zip(steps, whole, strict=True)]
+        print(f"| {step} | {spread(values)} | {spread(share)} |")
+    print(f"| **prepare, whole** (`lookalike.prepare.prepare`) | {spread(whole)} | 1.00 |")
+    print(f"| encoder, per image (CPU, all its threads) | {spread(encoder_cpu, 1)} | |")
+    print(f"| encoder, per image (wall) | {spread(encoder_wall, 1)} | |")
     print("\n| variant | images/s | vs encoder alone, same repeat |")
     print("| --- | --- | --- |")
     print(f"| encoder alone (ready pixels) | {spread(alone, 1)} | 1.00 |")
-    for workers, rates in e2e.items():
-        label = "inline decoding" if workers == 0 else f"{workers} decode worker(s)"
-        print(f"| end-to-end, {label} | {spread(rates, 1)} | {spread(e2e_ratio[workers])} |")
+    for variant, rates in e2e.items():
+        label = variant_label(variant)
+        print(f"| end-to-end, {label} | {spread(rates, 1)} | {spread(e2e_ratio[variant])} |")
 
 
 if __name__ == "__main__":

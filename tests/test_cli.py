@@ -465,10 +465,16 @@ def test_progress_reports_every_image_up_to_the_total(tiny_clip, tmp_path: Path)
     assert seen[-1][1] > 0
 
 
-def test_decoding_runs_in_worker_processes_by_default() -> None:
-    from lookalike.ingest import IngestOptions
+def test_decoding_default_follows_the_encoder_device() -> None:
+    from types import SimpleNamespace
 
-    assert IngestOptions().workers == max(1, min(8, (os.cpu_count() or 2) - 1))
+    from lookalike.ingest import IngestOptions, default_workers
+
+    assert IngestOptions().workers is None  # chosen per encoder
+    assert IngestOptions().threads == max(1, min(8, os.cpu_count() or 1))
+    assert default_workers(SimpleNamespace(device="cpu")) == 0  # threads take turns with it
+    beside_gpu = default_workers(SimpleNamespace(device="cuda:0"))
+    assert beside_gpu == max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def demo_results(tiny_clip, workdir: Path, monkeypatch, capsys) -> list[str]:

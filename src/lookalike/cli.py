@@ -143,7 +143,10 @@ def index(
     weights: Annotated[Path | None, typer.Option(help="Local weights file for the model.")] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Decoding processes (0: decode inline) [default: cores - 1, at most 8]."),
+        typer.Option(
+            help="Decoding processes beside the encoder [default: 0 (threads of this process"
+            " take turns with a CPU encoder); beside a GPU encoder, cores - 1, at most 8]."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 64,
     strict: Annotated[bool, typer.Option(help="Stop at the first bad image.")] = False,

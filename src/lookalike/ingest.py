@@ -1,9 +1,13 @@
-"""The ingest pipeline: source items -> prepare (worker processes) -> batched encode -> store.
+"""The ingest pipeline: source items -> prepare (threads or processes) -> batched encode -> store.
 
-Preparing (read, hash, decode, resize) runs ahead in worker processes while the main process
-encodes the previous batch, with a bounded number of items in flight so memory stays flat
-whatever the input size. Each batch is committed on its own, so a crash loses at most the
-batch in progress and a re-run skips what is stored.
+By default a batch is prepared (read, hash, decode, resize) by threads of this process, one per
+core, and then encoded while they wait: the two take turns, each with every core. Pillow,
+libjpeg and hashlib release the GIL, so the threads decode in parallel; and a decoder never
+preempts one of the encoder's threads, which would stall the others at their next barrier
+(bench/RESULTS.md, Ingest). With ``workers`` > 0, worker processes prepare ahead while the
+main process encodes the previous batch, with a bounded number of items in flight so memory
+stays flat whatever the input size. Each batch is committed on its own, so a crash loses at
+most the batch in progress and a re-run skips what is stored.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +42,16 @@ log = logging.getLogger("lookalike")
 Progress = Callable[[IngestReport], None]
 
 
-def default_workers() -> int:
-    """Decoding processes by default: cores - 1 (one core stays with the encoder), at most 8;
-    measured best on 2 cores (bench/RESULTS.md, Ingest)."""
+def default_threads() -> int:
+    """Preparing threads by default (with ``workers=0``): one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def default_workers(encoder: Encoder) -> int:
+    """Worker processes by default: none while the encoder computes on the CPU (threads take
+    turns with it); beside a GPU encoder, cores - 1 (at most 8), preparing while it runs."""
+    if str(getattr(encoder, "device", "cpu") or "cpu").startswith("cpu"):
+        return 0
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
@@ -49,7 +60,10 @@ class IngestOptions:
     """How an ingest run behaves."""
 
     batch_size: int = 64
-    workers: int = field(default_factory=default_workers)  # 0 prepares in the calling process
+    # worker processes preparing beside the encoder; 0 prepares in this process, between
+    # batches; None: by the encoder's device (:func:`default_workers`)
+    workers: int | None = None
+    threads: int = field(default_factory=default_threads)  # preparing threads when workers=0
     strict: bool = False  # stop at the first bad item instead of skipping it
     limits: ImageLimits = field(default_factory=ImageLimits)
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
@@ -74,9 +88,13 @@ def ingest(
 ) -> IngestReport:
     """Add every new image of ``items`` to ``store``, committing batch by batch."""
     committer = Committer(store, options, progress, encode=encoder.encode_images)
+    workers = default_workers(encoder) if options.workers is None else options.workers
+    if workers <= 0:
+        _take_turns(committer, encoder, items, options)
+        return committer.finish()
     in_flight: deque[Future] = deque()
-    window = options.batch_size * 2 + options.workers * 8
-    with _executor(options.workers) as pool:
+    window = options.batch_size * 2 + workers * 8
+    with _executor(workers) as pool:
         try:
             for item in items:
                 if item.error:
@@ -95,6 +113,33 @@ def ingest(
             for future in in_flight:
                 future.cancel()
     return committer.finish()
+
+
+def _take_turns(
+    committer: Committer, encoder: Encoder, items: Iterable[SourceItem], options: IngestOptions
+) -> None:
+    """Prepare a batch of items with ``options.threads`` threads, then hand them to the
+    committer (which encodes them) while the threads wait; and so on."""
+    chunk: list[SourceItem] = []
+    with _thread_executor(options.threads) as pool:
+
+        def prepare_chunk() -> None:
+            futures = [
+                pool.submit(prepare, item, encoder.image_size, options.limits, options.fetch_policy)
+                for item in chunk
+            ]
+            chunk.clear()
+            for future in futures:
+                committer.take(future.result())
+
+        for item in items:
+            if item.error:
+                committer.take(Failure(item, item.error))
+            elif not committer.skip_unread(item):
+                chunk.append(item)
+                if len(chunk) >= options.batch_size:
+                    prepare_chunk()
+        prepare_chunk()
 
 
 class Committer:
@@ -278,9 +323,11 @@ def _unchanged(store: Backend, item: SourceItem) -> bool:
     return item.size is None or (known.bytes == item.size and known.mtime == item.mtime)
 
 
+def _thread_executor(threads: int) -> Executor:
+    return ThreadPoolExecutor(threads, "lookalike-prepare") if threads > 1 else _InlineExecutor()
+
+
 def _executor(workers: int) -> Executor:
-    if workers <= 0:
-        return _InlineExecutor()
     # spawn, not fork: the parent holds torch's thread pools, which do not survive a fork
     return ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent

@@ -6,6 +6,7 @@ Runs in ingest worker processes, so it imports no torch and holds no state.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 from dataclasses import dataclass
@@ -49,13 +50,30 @@ def read_bytes(locator: str, limits: ImageLimits, policy: FetchPolicy) -> bytes:
         return fetch(locator, policy)
     # non-blocking, so that opening a FIFO does not wait for a writer: it is refused below
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    with open(os.open(locator, flags), "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+    # unbuffered, asking for the size fstat gives: a buffered read of max_bytes + 1 allocates
+    # that much first, which cost more than the read itself (0.18 against 0.03 ms a photo)
+    with open(os.open(locator, flags), "rb", buffering=0) as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
             raise LookalikeError("not a regular file")
-        data = handle.read(limits.max_bytes + 1)
+        data = _read_up_to(handle, limits.max_bytes + 1, status.st_size)
     if len(data) > limits.max_bytes:
         raise LookalikeError(f"file larger than the limit of {limits.max_bytes} bytes")
     return data
+
+
+def _read_up_to(handle: io.RawIOBase, limit: int, expected: int) -> bytes:
+    """At most ``limit`` bytes of ``handle``: first the ``expected`` size (and a byte more, to
+    see the end), then more while the file turns out longer."""
+    chunks: list[bytes] = []
+    total = 0
+    while total < limit:
+        chunk = handle.read(min(limit - total, max(expected + 1 - total, 1 << 20)))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def prepare(
