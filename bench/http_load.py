@@ -2,6 +2,7 @@
 
     python bench/http_load.py --n 1000000 --clients 16 --seconds 20   # one command; a table
     python bench/http_load.py --n 200000 --reuse /tmp/col-200k --profile  # reuse; + py-spy
+    python bench/http_load.py --reuse /tmp/col-1m --baseline-src /tmp/main/src  # old vs new
 
 Builds (or reuses, ``--reuse DIR``) a ``vectors:512`` collection of clustered vectors with
 bench/index.py's generator and its IVF index, starts ``lookalike serve`` as a subprocess on a
@@ -10,8 +11,11 @@ pre-made JSON body per request; a small threaded httpx driver stands in when wrk
 Two query kinds, in the same run: vector queries (held-out draws from the mixture, k=20) and
 id queries (random live ids, k=20), each with one client and with ``--clients``. In-process
 ``Collection.search`` rows give the library's own ceiling, so the HTTP layer's share is a
-ratio. ``--profile`` samples the server with py-spy during a loaded vector run and prints
-where its CPU time goes. The server is stopped at the end, whatever happens.
+ratio. ``--baseline-src DIR`` serves the same collection a second time from another checkout's
+sources (``PYTHONPATH=DIR``) and runs every HTTP row against both servers, one after the
+other, so that old and new code are compared under the same load on a shared machine.
+``--profile`` samples the server (its workers too) with py-spy during a loaded vector run and
+prints where its CPU time goes. The servers are stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ DIM = 512
 K = 20
 NAME = "bench"
 HOST = "127.0.0.1"  # load is only ever sent to loopback
-TARGET_QPS = 500
+TARGET_QPS = 1000
 TARGET_P99_MS = 50.0
 
 WRK_SCRIPT = r"""
@@ -95,7 +99,7 @@ class Run:
     """One measured row."""
 
     kind: str  # "vector" or "id"
-    driver: str  # "library", "wrk" or "httpx"
+    driver: str  # "library", "wrk" or "httpx"; "wrk (base)": against --baseline-src
     clients: int
     requests: int
     seconds: float
@@ -364,9 +368,25 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its living children (the workers of
+    ``serve --workers``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:  # ended meanwhile
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """Ids of a process' child processes."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def wait_idle(pid: int, limit: float = 120) -> float:
@@ -459,6 +479,7 @@ def profile(pid: int, seconds: float, workdir: Path, load: Callable[[], Run]) ->
         return "py-spy is not installed (pip install py-spy): no profile"
     out = workdir / "profile.txt"
     command = [spy, "record", "--pid", str(pid), "--duration", f"{seconds:.0f}", "--rate", "200"]
+    command.append("--subprocesses")  # serve --workers: the workers do the work
     sampler = subprocess.Popen(
         [*command, "--gil", "--format", "raw", "--nonblocking", "--output", str(out)],
         stdout=subprocess.DEVNULL,
@@ -524,11 +545,32 @@ def verdicts(runs: list[Run], clients: int) -> list[str]:
         )
         met = r.qps >= TARGET_QPS and r.p99_ms <= TARGET_P99_MS and not r.errors
         lines.append(
-            f"{r.kind}: {clients} clients give {r.qps / single.qps:.1f}x the QPS of 1 client"
+            f"{r.kind} ({r.driver}): {clients} clients give {r.qps / single.qps:.1f}x the QPS "
+            "of 1 client"
             + (f", {r.qps / library.qps:.2f}x in-process QPS" if library else "")
             + f"; target QPS >= {TARGET_QPS} and p99 <= {TARGET_P99_MS:.0f} ms "
             + ("met" if met else "NOT met")
         )
+    return lines
+
+
+def versus_baseline(runs: list[Run]) -> list[str]:
+    """New server / baseline server, for each row run against both."""
+    lines = []
+    for r in runs:
+        base = next(
+            (
+                b
+                for b in runs
+                if b.driver == f"{r.driver} (base)" and (b.kind, b.clients) == (r.kind, r.clients)
+            ),
+            None,
+        )
+        if base is not None and base.qps and r.p99_ms:
+            lines.append(
+                f"{r.kind}, {r.clients} clients: {r.qps / base.qps:.2f}x the baseline's QPS, "
+                f"p50 {r.p50_ms / base.p50_ms:.2f}x, p99 {r.p99_ms / base.p99_ms:.2f}x"
+            )
     return lines
 
 
@@ -552,6 +594,12 @@ def main() -> None:
     parser.add_argument("--server-workers", type=int, default=1, help="lookalike serve --workers")
     parser.add_argument(
         "--server-env", action="append", default=[], help="KEY=VALUE for the server process"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another checkout's src/: every HTTP row also runs against a server from it",
     )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lookalike-http-"))
@@ -581,32 +629,44 @@ def main() -> None:
 
     files = {kind: bodies_file(workdir / f"{kind}.jsonl", b) for kind, b in queries.items()}
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    port = free_port()
-    url = f"http://{HOST}:{port}/v1/collections/{NAME}/search"
     env = dict(item.split("=", 1) for item in args.server_env)
-    process = start_server(path, port, workdir / "server.log", env, args.server_workers)
+    servers = {"": env}  # label in the driver column -> the server's environment
+    if args.baseline_src:
+        servers[" (base)"] = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+    processes: dict[str, subprocess.Popen] = {}
+    urls: dict[str, str] = {}
     try:
+        for label, server_env in servers.items():
+            port = free_port()
+            urls[label] = f"http://{HOST}:{port}/v1/collections/{NAME}/search"
+            log = workdir / f"server{label.strip(' ()')}.log"
+            processes[label] = start_server(path, port, log, server_env, args.server_workers)
+        process = processes[""]
         rss_start = rss_mb(process.pid), rss_mb(process.pid, "RssAnon")
 
-        def load(kind: str, clients: int, seconds: float) -> Run:
-            cpu = cpu_seconds(process.pid)
+        def load(kind: str, clients: int, seconds: float, label: str = "") -> Run:
+            pid = processes[label].pid
+            cpu = cpu_seconds(pid)
             if wrk:
-                run = wrk_run(wrk, url, files[kind], clients, seconds, kind, workdir)
+                run = wrk_run(wrk, urls[label], files[kind], clients, seconds, kind, workdir)
             else:
-                run = httpx_run(url, files[kind], clients, seconds, kind)
+                run = httpx_run(urls[label], files[kind], clients, seconds, kind)
+            run.driver += label
             if run.requests:
-                run.cpu_ms = (cpu_seconds(process.pid) - cpu) * 1000 / run.requests
-            drained = wait_idle(process.pid)
+                run.cpu_ms = (cpu_seconds(pid) - cpu) * 1000 / run.requests
+            drained = wait_idle(pid)
             if drained > 2:
                 print(f"  (the server worked {drained:.0f} s more after the clients stopped)")
             return run
 
         print("warm-up ...", flush=True)
-        load("vector", args.clients, 3)
+        for label in servers:
+            load("vector", args.clients, 3, label)
         for kind in queries:
             for clients in (1, args.clients):
-                print(f"http: {kind} queries, {clients} clients ...", flush=True)
-                runs.append(load(kind, clients, args.seconds))
+                for label in servers:  # old and new back to back, under the same load
+                    print(f"http{label}: {kind} queries, {clients} clients ...", flush=True)
+                    runs.append(load(kind, clients, args.seconds, label))
         rss_end = rss_mb(process.pid), rss_mb(process.pid, "RssAnon")
         report = (
             profile(
@@ -619,7 +679,8 @@ def main() -> None:
             else ""
         )
     finally:
-        stop_server(process)
+        for running in processes.values():
+            stop_server(running)
 
     body_kb = files["vector"].stat().st_size / args.queries / 1024
     print(
@@ -639,6 +700,7 @@ def main() -> None:
         "this process for library rows) per answered request\n"
     )
     print("\n".join(verdicts(runs, args.clients)))
+    print("\n".join(versus_baseline(runs)))
     http_p50 = next(r.p50_ms for r in runs if r.driver != "library" and r.clients == 1)
     print("\none vector query, step by step (in-process, one at a time, median µs):\n")
     print("| step | µs |\n| --- | --- |")

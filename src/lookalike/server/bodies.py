@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Sequence
 from pathlib import PurePath
 from typing import Any
@@ -12,6 +12,7 @@ from fastapi import Request
 
 from ..errors import BadInputError
 from ..types import Item
+from . import fastjson
 
 
 async def read_json(request: Request) -> Any:
@@ -24,7 +25,7 @@ async def read_json(request: Request) -> Any:
 def parse_json(raw: str | bytes, what: str) -> Any:
     """``raw`` parsed as JSON; ``what`` names it in the error."""
     try:
-        return json.loads(raw)
+        return fastjson.loads(raw)
     except RecursionError:  # the C parser recurses once per level: "[[[[...]]]]" 100,000 deep
         raise BadInputError(f"{what} nests JSON too deep") from None
     except (ValueError, UnicodeDecodeError):
@@ -40,9 +41,18 @@ def links(name: str, item: Item) -> tuple[str, str]:
 def item_name(item: Item) -> str:
     """A stored image's file name, or the last segment of its URL (its host if none)."""
     if item.path:
-        return PurePath(item.path).name
+        return _file_name(item.path)
     parts = urlsplit(item.url or "")
     return unquote(parts.path.rstrip("/").rpartition("/")[2]) or parts.hostname or ""
+
+
+def _file_name(path: str) -> str:
+    """``PurePath(path).name``, without building a PurePath for the plain case (a search
+    answer names 20 or more files)."""
+    name = path.rpartition("/")[2]
+    if os.sep == "/" and name not in ("", "."):
+        return name
+    return PurePath(path).name
 
 
 def relative_path(item: Item, roots: Sequence[str]) -> str | None:
