@@ -4,7 +4,6 @@ brings it), the standard library otherwise, with the same values and errors eith
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 try:
@@ -16,9 +15,13 @@ except ImportError:  # a pure-Python install: the standard library does it all, 
 # (an id of 2**70 must stay an integer to be refused as one): bodies with an integer part of
 # 19 digits or more go the slow way. Runs of 19 digits after a float's point or in its
 # exponent are common in vectors (0.00012345678901234567) and do not count.
-DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+# each byte as its class: a digit "0", a byte that may precede a float's later digits ".",
+# any other byte "S"; an integer part of 19 digits is then "S" and 19 "0"s (or starts the body)
+CLASSES = bytes(
+    ord("0") if chr(b).isdigit() and b < 128 else ord(".") if b in b".eE+" else ord("S")
+    for b in range(256)
+)
 LONG_RUN = b"0" * 19
-NOT_AN_INTEGER_PART = frozenset(b".eE+")
 
 
 def loads(raw: str | bytes) -> Any:
@@ -46,13 +49,5 @@ def dumps(value: Any) -> bytes:
 def _long_integer(raw: bytes) -> bool:
     """Whether ``raw`` may hold an integer of 19 digits or more (or a float whose integer
     part is that long), found at C speed: a regular expression backtracks over every digit."""
-    digits = raw.translate(DIGITS_AS_ZERO)
-    start = digits.find(LONG_RUN)
-    while start != -1:
-        if start == 0 or raw[start - 1] not in NOT_AN_INTEGER_PART:
-            return True
-        end = start + len(LONG_RUN)
-        while end < len(digits) and digits[end] == ord("0"):  # to the end of this run
-            end += 1
-        start = digits.find(LONG_RUN, end)
-    return False
+    classes = raw.translate(CLASSES)
+    return classes.startswith(LONG_RUN) or b"S" + LONG_RUN in classes
