@@ -411,11 +411,14 @@ def cpu_model() -> str:
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of a process (VmRSS), or one of its parts (RssAnon, RssFile), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of a process and its workers (VmRSS), or one of its parts (RssAnon,
+    RssFile), in MB, summed: shared file pages (mapped vector shards) count once a process."""
+    total = 0.0
+    for process in (pid, *children(pid)):
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 # -- profile -------------------------------------------------------------------------------
@@ -686,7 +689,8 @@ def main() -> None:
     print(
         f"\n{count:,} vectors x {DIM}-d in an IVF index, k={K}, {args.queries} distinct bodies "
         f"per kind (a vector body is {body_kb:.1f} KB), {args.seconds:.0f} s per HTTP row, "
-        f"driver {'wrk' if wrk else 'httpx'}; server RSS {rss_start[0]:.0f} -> {rss_end[0]:.0f} MB "
+        f"driver {'wrk' if wrk else 'httpx'}; server RSS, all processes summed, "
+        f"{rss_start[0]:.0f} -> {rss_end[0]:.0f} MB "
         f"(anonymous {rss_start[1]:.0f} -> {rss_end[1]:.0f} MB; the rest is mapped vector "
         "shards)"
         + (f"; server env {args.server_env}" if args.server_env else "")
