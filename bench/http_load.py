@@ -229,7 +229,9 @@ def library_run(
 def stages(collection: Collection, bodies: list[str], repeat: int = 200) -> list[tuple[str, float]]:
     """Median microseconds of each step of one vector search, in-process and one at a time:
     what a request costs before HTTP, the event loop and the thread hand-offs add theirs."""
-    from lookalike.server.app import _hit_body
+    from lookalike.query import Query
+    from lookalike.server.app import _hit_body, _hit_json, _json_answer
+    from lookalike.server.bodies import parse_json
     from lookalike.server.schemas import SearchBody, SearchResponse
 
     index = collection.backend.index
@@ -245,10 +247,12 @@ def stages(collection: Collection, bodies: list[str], repeat: int = 200) -> list
         timings.setdefault(name, []).append((time.perf_counter() - started) * 1e6)
 
     for raw in bodies[:repeat]:
-        with step("parse JSON + validate (SearchBody)"):
+        with step("parse JSON + validate (Query.from_json), as the route does"):
+            query = Query.from_json(parse_json(raw.encode(), "the body"))
+        with step("  before: json.loads + SearchBody (pydantic)"):
             body = SearchBody.model_validate(json.loads(raw))
-            body.model_dump(include={"vector"}, exclude_none=True)  # as the route does
-        vector = np.asarray(body.vector, dtype=np.float32)
+            body.model_dump(include={"vector"}, exclude_none=True)
+        vector = np.asarray(query.parts[0].value, dtype=np.float32)
         with step("store.view + allowed mask"):
             allowed = collection.backend._allowed(None, [])
         with step("index.search (Faiss IVF + re-rank)"):
@@ -264,7 +268,12 @@ def stages(collection: Collection, bodies: list[str], repeat: int = 200) -> list
             hits = collection.search(vector=vector, k=K)
         with step("  of which Store.rows of the 20 hits"):
             collection.backend.store.rows([hit.id for hit in hits])
-        with step("response (HitBody x 20, validate, JSON)"):
+        with step(f"response ({K} hits straight to JSON), as the route does"):
+            _json_answer(
+                SearchResponse,
+                {"results": [_hit_json(NAME, h) for h in hits], "took_ms": 1.0, "model": "m"},
+            )
+        with step(f"  before: HitBody x {K}, validated again, JSON"):
             answer = SearchResponse(
                 results=[_hit_body(NAME, hit) for hit in hits], took_ms=1.0, model="m"
             )
@@ -438,14 +447,19 @@ CATEGORIES: list[tuple[str, str, str | None]] = [
     ("rows", "lookalike/store.py", "row lookup (SQLite)"),
     ("_row", "lookalike/store.py", "row lookup (SQLite)"),
     ("", "lookalike/store.py", "store, other"),
-    ("_hit_body", "lookalike/server/app.py", "response (hits -> pydantic -> JSON)"),
-    ("links", "lookalike/server/bodies.py", "response (hits -> pydantic -> JSON)"),
-    ("", "fastapi/encoders.py", "response (hits -> pydantic -> JSON)"),
-    ("serialize_response", "fastapi/routing.py", "response (hits -> pydantic -> JSON)"),
-    ("render", "starlette/responses.py", "response (hits -> pydantic -> JSON)"),
-    ("", "lookalike/server/bodies.py", "request (JSON parse + pydantic validate)"),
+    ("_hit_body", "lookalike/server/app.py", "response (hits -> JSON)"),
+    ("_hit_json", "lookalike/server/app.py", "response (hits -> JSON)"),
+    ("_public_fields", "lookalike/server/app.py", "response (hits -> JSON)"),
+    ("_json_answer", "lookalike/server/app.py", "response (hits -> JSON)"),
+    ("dumps", "lookalike/server/fastjson.py", "response (hits -> JSON)"),
+    ("", "lookalike/server/fastjson.py", "request (JSON parse + Query validation)"),
+    ("links", "lookalike/server/bodies.py", "response (hits -> JSON)"),
+    ("", "fastapi/encoders.py", "response (hits -> JSON)"),
+    ("serialize_response", "fastapi/routing.py", "response (hits -> JSON)"),
+    ("render", "starlette/responses.py", "response (hits -> JSON)"),
+    ("", "lookalike/server/bodies.py", "request (JSON parse + Query validation)"),
     ("_search_query", "lookalike/server/app.py", "request (JSON parse + Query validation)"),
-    ("_run_search", "lookalike/server/app.py", "request (JSON parse + pydantic validate)"),
+    ("_run_search", "lookalike/server/app.py", "request (JSON parse + Query validation)"),
     ("", "lookalike/query.py", "query vector + hits (collection glue)"),
     ("", "lookalike/collection.py", "query vector + hits (collection glue)"),
     ("", "lookalike/types.py", "query vector + hits (collection glue)"),
