@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,10 @@ from hypothesis import strategies as st
 
 from lookalike import Collection
 from lookalike.server import ServerSettings, create_app
+from lookalike.server.bodies import relative_path
 from lookalike.server.fastjson import loads
 from lookalike.server.schemas import HitBody, SearchResponse
+from lookalike.types import Item
 
 SEARCH = "/v1/collections/v/search"
 DIM = 8
@@ -143,3 +146,32 @@ def test_the_parser_agrees_on_what_orjson_refuses() -> None:
     for raw in (b"{", b"\xff", b"[1,]"):
         with pytest.raises(ValueError):
             loads(raw)
+
+
+def relative_by_purepath(path: str, roots: list[str]) -> str | None:
+    """What relative_path answers, as PurePath computes it."""
+    holding = [PurePath(root) for root in roots if PurePath(path).is_relative_to(root)]
+    if not holding:
+        return None
+    outermost = min(holding, key=lambda root: len(root.parts))
+    return PurePath(path).relative_to(outermost).as_posix()
+
+
+NAMES = st.lists(st.sampled_from(["a", "ab", "b"]), max_size=4)
+PLAIN_PATHS = NAMES.map(lambda names: "/" + "/".join(names))  # as PurePath writes them
+ODD_PATHS = st.builds(  # empty and "." parts, trailing slashes, relative, ".."
+    lambda absolute, parts, tail: ("/" if absolute else "") + "/".join(parts) + tail,
+    st.booleans(),
+    st.lists(st.sampled_from(["a", "ab", ".", "", "..", "é x"]), max_size=5),
+    st.sampled_from(["", "/", "/."]),
+)
+PATHS = PLAIN_PATHS | ODD_PATHS
+
+
+@settings(max_examples=500, deadline=None)
+@given(PATHS, st.lists(PATHS, max_size=3))
+def test_paths_shown_relative_to_their_root_agree_with_purepath(
+    path: str, roots: list[str]
+) -> None:
+    item = Item(id=1, path=path or "/")
+    assert relative_path(item, roots) == relative_by_purepath(path or "/", roots)
