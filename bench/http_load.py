@@ -466,8 +466,8 @@ CATEGORIES: list[tuple[str, str, str | None]] = [
     ("", "lookalike/server/", "middleware (guard, metrics)"),
     ("", "fastapi/", "framework (FastAPI/Starlette routing)"),
     ("", "starlette/", "framework (FastAPI/Starlette routing)"),
-    ("", "uvicorn/", "HTTP protocol (uvicorn + h11)"),
-    ("", "h11/", "HTTP protocol (uvicorn + h11)"),
+    ("", "uvicorn/", "HTTP protocol (uvicorn: httptools or h11, socket writes)"),
+    ("", "h11/", "HTTP protocol (uvicorn: httptools or h11, socket writes)"),
     ("", "anyio/", "thread hand-off (anyio)"),
     ("", "asyncio/", "event loop (asyncio)"),
 ]

@@ -60,8 +60,11 @@ def relative_path(item: Item, roots: Sequence[str]) -> str | None:
     separators), or None for remote images and files outside every root."""
     if not item.path:
         return None
-    if os.sep == "/" and _plain(item.path) and all(_plain(root) for root in roots):
-        return _relative_plain(item.path, roots)
+    if os.sep == "/" and all(_plain(root) for root in roots):
+        if not item.path.startswith("/"):
+            return None  # a relative path lies under no absolute root
+        if _plain(item.path):
+            return _relative_plain(item.path, roots)
     path = PurePath(item.path)
     holding = [PurePath(root) for root in roots if path.is_relative_to(root)]
     if not holding:
