@@ -24,7 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 try:  # the server extra brings httptools; without it, h11 parses requests in Python
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+    HttpToolsProtocol = None
 
 from ..errors import BadInputError
 from .settings import ServerSettings
@@ -150,7 +150,7 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
         super().__init__(*args, **kwargs)
         self._init_deadlines(settings)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         """Make room under the connection cap, then give the client the head timeout."""
         super().connection_made(transport)
         self._start()
@@ -194,7 +194,7 @@ if HttpToolsProtocol is not None:
             self._init_deadlines(settings)
             self.reading = "idle"  # "head", "body", then "app" once the request is in
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             """Make room under the connection cap, then give the client the head timeout."""
             super().connection_made(transport)
             self._start()

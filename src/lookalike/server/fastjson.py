@@ -3,20 +3,28 @@ brings it), the standard library otherwise, with the same values and errors eith
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
-try:
-    import orjson
-except ImportError:  # a pure-Python install: the standard library does it all, slower
-    orjson = None  # type: ignore[assignment]
+
+def _optional(name: str) -> Any:
+    """The module ``name``, or None where it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+orjson = _optional("orjson")  # None: a pure-Python install, the standard library does it all
 
 # orjson reads integers past 64 bits as floats where the standard library keeps them exact
 # (an id of 2**70 must stay an integer to be refused as one): bodies with an integer part of
 # 19 digits or more go the slow way. Runs of 19 digits after a float's point or in its
-# exponent are common in vectors (0.00012345678901234567) and do not count.
-# each byte as its class: a digit "0", a byte that may precede a float's later digits ".",
-# any other byte "S"; an integer part of 19 digits is then "S" and 19 "0"s (or starts the body)
+# exponent are common in vectors (0.00012345678901234567) and do not count. CLASSES maps each
+# byte to its class: a digit to "0", a byte that may come before a float's later digits to
+# ".", any other to "S"; an integer part of 19 digits is then "S" and 19 "0"s, or starts the
+# body.
 CLASSES = bytes(
     ord("0") if chr(b).isdigit() and b < 128 else ord(".") if b in b".eE+" else ord("S")
     for b in range(256)
