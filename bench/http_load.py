@@ -2,6 +2,7 @@
 
     python bench/http_load.py --n 1000000 --clients 16 --seconds 20   # one command; a table
     python bench/http_load.py --n 200000 --reuse /tmp/col-200k --profile  # reuse; + py-spy
+    python bench/http_load.py --reuse /tmp/col-1m --baseline-src /tmp/main/src  # old vs new
 
 Builds (or reuses, ``--reuse DIR``) a ``vectors:512`` collection of clustered vectors with
 bench/index.py's generator and its IVF index, starts ``lookalike serve`` as a subprocess on a
@@ -10,8 +11,11 @@ pre-made JSON body per request; a small threaded httpx driver stands in when wrk
 Two query kinds, in the same run: vector queries (held-out draws from the mixture, k=20) and
 id queries (random live ids, k=20), each with one client and with ``--clients``. In-process
 ``Collection.search`` rows give the library's own ceiling, so the HTTP layer's share is a
-ratio. ``--profile`` samples the server with py-spy during a loaded vector run and prints
-where its CPU time goes. The server is stopped at the end, whatever happens.
+ratio. ``--baseline-src DIR`` serves the same collection a second time from another checkout's
+sources (``PYTHONPATH=DIR``) and runs every HTTP row against both servers, one after the
+other, so that old and new code are compared under the same load on a shared machine.
+``--profile`` samples the server (its workers too) with py-spy during a loaded vector run and
+prints where its CPU time goes. The servers are stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ DIM = 512
 K = 20
 NAME = "bench"
 HOST = "127.0.0.1"  # load is only ever sent to loopback
-TARGET_QPS = 500
+TARGET_QPS = 1000
 TARGET_P99_MS = 50.0
 
 WRK_SCRIPT = r"""
@@ -95,7 +99,7 @@ class Run:
     """One measured row."""
 
     kind: str  # "vector" or "id"
-    driver: str  # "library", "wrk" or "httpx"
+    driver: str  # "library", "wrk" or "httpx"; "wrk (base)": against --baseline-src
     clients: int
     requests: int
     seconds: float
@@ -225,7 +229,9 @@ def library_run(
 def stages(collection: Collection, bodies: list[str], repeat: int = 200) -> list[tuple[str, float]]:
     """Median microseconds of each step of one vector search, in-process and one at a time:
     what a request costs before HTTP, the event loop and the thread hand-offs add theirs."""
-    from lookalike.server.app import _hit_body
+    from lookalike.query import Query
+    from lookalike.server.app import _hit_body, _hit_json, _json_answer
+    from lookalike.server.bodies import parse_json
     from lookalike.server.schemas import SearchBody, SearchResponse
 
     index = collection.backend.index
@@ -241,10 +247,12 @@ def stages(collection: Collection, bodies: list[str], repeat: int = 200) -> list
         timings.setdefault(name, []).append((time.perf_counter() - started) * 1e6)
 
     for raw in bodies[:repeat]:
-        with step("parse JSON + validate (SearchBody)"):
+        with step("parse JSON + validate (Query.from_json), as the route does"):
+            query = Query.from_json(parse_json(raw.encode(), "the body"))
+        with step("  before: json.loads + SearchBody (pydantic)"):
             body = SearchBody.model_validate(json.loads(raw))
-            body.model_dump(include={"vector"}, exclude_none=True)  # as the route does
-        vector = np.asarray(body.vector, dtype=np.float32)
+            body.model_dump(include={"vector"}, exclude_none=True)
+        vector = np.asarray(query.parts[0].value, dtype=np.float32)
         with step("store.view + allowed mask"):
             allowed = collection.backend._allowed(None, [])
         with step("index.search (Faiss IVF + re-rank)"):
@@ -260,7 +268,12 @@ def stages(collection: Collection, bodies: list[str], repeat: int = 200) -> list
             hits = collection.search(vector=vector, k=K)
         with step("  of which Store.rows of the 20 hits"):
             collection.backend.store.rows([hit.id for hit in hits])
-        with step("response (HitBody x 20, validate, JSON)"):
+        with step(f"response ({K} hits straight to JSON), as the route does"):
+            _json_answer(
+                SearchResponse,
+                {"results": [_hit_json(NAME, h) for h in hits], "took_ms": 1.0, "model": "m"},
+            )
+        with step(f"  before: HitBody x {K}, validated again, JSON"):
             answer = SearchResponse(
                 results=[_hit_body(NAME, hit) for hit in hits], took_ms=1.0, model="m"
             )
@@ -364,9 +377,25 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its living children (the workers of
+    ``serve --workers``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:  # ended meanwhile
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """Ids of a process' child processes."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def wait_idle(pid: int, limit: float = 120) -> float:
@@ -391,11 +420,14 @@ def cpu_model() -> str:
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of a process (VmRSS), or one of its parts (RssAnon, RssFile), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of a process and its workers (VmRSS), or one of its parts (RssAnon,
+    RssFile), in MB, summed: shared file pages (mapped vector shards) count once a process."""
+    total = 0.0
+    for process in (pid, *children(pid)):
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 # -- profile -------------------------------------------------------------------------------
@@ -415,22 +447,27 @@ CATEGORIES: list[tuple[str, str, str | None]] = [
     ("rows", "lookalike/store.py", "row lookup (SQLite)"),
     ("_row", "lookalike/store.py", "row lookup (SQLite)"),
     ("", "lookalike/store.py", "store, other"),
-    ("_hit_body", "lookalike/server/app.py", "response (hits -> pydantic -> JSON)"),
-    ("links", "lookalike/server/bodies.py", "response (hits -> pydantic -> JSON)"),
-    ("", "fastapi/encoders.py", "response (hits -> pydantic -> JSON)"),
-    ("serialize_response", "fastapi/routing.py", "response (hits -> pydantic -> JSON)"),
-    ("render", "starlette/responses.py", "response (hits -> pydantic -> JSON)"),
-    ("", "lookalike/server/bodies.py", "request (JSON parse + pydantic validate)"),
+    ("_hit_body", "lookalike/server/app.py", "response (hits -> JSON)"),
+    ("_hit_json", "lookalike/server/app.py", "response (hits -> JSON)"),
+    ("_public_fields", "lookalike/server/app.py", "response (hits -> JSON)"),
+    ("_json_answer", "lookalike/server/app.py", "response (hits -> JSON)"),
+    ("dumps", "lookalike/server/fastjson.py", "response (hits -> JSON)"),
+    ("", "lookalike/server/fastjson.py", "request (JSON parse + Query validation)"),
+    ("links", "lookalike/server/bodies.py", "response (hits -> JSON)"),
+    ("", "fastapi/encoders.py", "response (hits -> JSON)"),
+    ("serialize_response", "fastapi/routing.py", "response (hits -> JSON)"),
+    ("render", "starlette/responses.py", "response (hits -> JSON)"),
+    ("", "lookalike/server/bodies.py", "request (JSON parse + Query validation)"),
     ("_search_query", "lookalike/server/app.py", "request (JSON parse + Query validation)"),
-    ("_run_search", "lookalike/server/app.py", "request (JSON parse + pydantic validate)"),
+    ("_run_search", "lookalike/server/app.py", "request (JSON parse + Query validation)"),
     ("", "lookalike/query.py", "query vector + hits (collection glue)"),
     ("", "lookalike/collection.py", "query vector + hits (collection glue)"),
     ("", "lookalike/types.py", "query vector + hits (collection glue)"),
     ("", "lookalike/server/", "middleware (guard, metrics)"),
     ("", "fastapi/", "framework (FastAPI/Starlette routing)"),
     ("", "starlette/", "framework (FastAPI/Starlette routing)"),
-    ("", "uvicorn/", "HTTP protocol (uvicorn + h11)"),
-    ("", "h11/", "HTTP protocol (uvicorn + h11)"),
+    ("", "uvicorn/", "HTTP protocol (uvicorn: httptools or h11, socket writes)"),
+    ("", "h11/", "HTTP protocol (uvicorn: httptools or h11, socket writes)"),
     ("", "anyio/", "thread hand-off (anyio)"),
     ("", "asyncio/", "event loop (asyncio)"),
 ]
@@ -459,6 +496,7 @@ def profile(pid: int, seconds: float, workdir: Path, load: Callable[[], Run]) ->
         return "py-spy is not installed (pip install py-spy): no profile"
     out = workdir / "profile.txt"
     command = [spy, "record", "--pid", str(pid), "--duration", f"{seconds:.0f}", "--rate", "200"]
+    command.append("--subprocesses")  # serve --workers: the workers do the work
     sampler = subprocess.Popen(
         [*command, "--gil", "--format", "raw", "--nonblocking", "--output", str(out)],
         stdout=subprocess.DEVNULL,
@@ -524,11 +562,32 @@ def verdicts(runs: list[Run], clients: int) -> list[str]:
         )
         met = r.qps >= TARGET_QPS and r.p99_ms <= TARGET_P99_MS and not r.errors
         lines.append(
-            f"{r.kind}: {clients} clients give {r.qps / single.qps:.1f}x the QPS of 1 client"
+            f"{r.kind} ({r.driver}): {clients} clients give {r.qps / single.qps:.1f}x the QPS "
+            "of 1 client"
             + (f", {r.qps / library.qps:.2f}x in-process QPS" if library else "")
             + f"; target QPS >= {TARGET_QPS} and p99 <= {TARGET_P99_MS:.0f} ms "
             + ("met" if met else "NOT met")
         )
+    return lines
+
+
+def versus_baseline(runs: list[Run]) -> list[str]:
+    """New server / baseline server, for each row run against both."""
+    lines = []
+    for r in runs:
+        base = next(
+            (
+                b
+                for b in runs
+                if b.driver == f"{r.driver} (base)" and (b.kind, b.clients) == (r.kind, r.clients)
+            ),
+            None,
+        )
+        if base is not None and base.qps and r.p99_ms:
+            lines.append(
+                f"{r.kind}, {r.clients} clients: {r.qps / base.qps:.2f}x the baseline's QPS, "
+                f"p50 {r.p50_ms / base.p50_ms:.2f}x, p99 {r.p99_ms / base.p99_ms:.2f}x"
+            )
     return lines
 
 
@@ -552,6 +611,12 @@ def main() -> None:
     parser.add_argument("--server-workers", type=int, default=1, help="lookalike serve --workers")
     parser.add_argument(
         "--server-env", action="append", default=[], help="KEY=VALUE for the server process"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another checkout's src/: every HTTP row also runs against a server from it",
     )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lookalike-http-"))
@@ -581,32 +646,44 @@ def main() -> None:
 
     files = {kind: bodies_file(workdir / f"{kind}.jsonl", b) for kind, b in queries.items()}
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    port = free_port()
-    url = f"http://{HOST}:{port}/v1/collections/{NAME}/search"
     env = dict(item.split("=", 1) for item in args.server_env)
-    process = start_server(path, port, workdir / "server.log", env, args.server_workers)
+    servers = {"": env}  # label in the driver column -> the server's environment
+    if args.baseline_src:
+        servers[" (base)"] = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+    processes: dict[str, subprocess.Popen] = {}
+    urls: dict[str, str] = {}
     try:
+        for label, server_env in servers.items():
+            port = free_port()
+            urls[label] = f"http://{HOST}:{port}/v1/collections/{NAME}/search"
+            log = workdir / f"server{label.strip(' ()')}.log"
+            processes[label] = start_server(path, port, log, server_env, args.server_workers)
+        process = processes[""]
         rss_start = rss_mb(process.pid), rss_mb(process.pid, "RssAnon")
 
-        def load(kind: str, clients: int, seconds: float) -> Run:
-            cpu = cpu_seconds(process.pid)
+        def load(kind: str, clients: int, seconds: float, label: str = "") -> Run:
+            pid = processes[label].pid
+            cpu = cpu_seconds(pid)
             if wrk:
-                run = wrk_run(wrk, url, files[kind], clients, seconds, kind, workdir)
+                run = wrk_run(wrk, urls[label], files[kind], clients, seconds, kind, workdir)
             else:
-                run = httpx_run(url, files[kind], clients, seconds, kind)
+                run = httpx_run(urls[label], files[kind], clients, seconds, kind)
+            run.driver += label
             if run.requests:
-                run.cpu_ms = (cpu_seconds(process.pid) - cpu) * 1000 / run.requests
-            drained = wait_idle(process.pid)
+                run.cpu_ms = (cpu_seconds(pid) - cpu) * 1000 / run.requests
+            drained = wait_idle(pid)
             if drained > 2:
                 print(f"  (the server worked {drained:.0f} s more after the clients stopped)")
             return run
 
         print("warm-up ...", flush=True)
-        load("vector", args.clients, 3)
+        for label in servers:
+            load("vector", args.clients, 3, label)
         for kind in queries:
             for clients in (1, args.clients):
-                print(f"http: {kind} queries, {clients} clients ...", flush=True)
-                runs.append(load(kind, clients, args.seconds))
+                for label in servers:  # old and new back to back, under the same load
+                    print(f"http{label}: {kind} queries, {clients} clients ...", flush=True)
+                    runs.append(load(kind, clients, args.seconds, label))
         rss_end = rss_mb(process.pid), rss_mb(process.pid, "RssAnon")
         report = (
             profile(
@@ -619,13 +696,15 @@ def main() -> None:
             else ""
         )
     finally:
-        stop_server(process)
+        for running in processes.values():
+            stop_server(running)
 
     body_kb = files["vector"].stat().st_size / args.queries / 1024
     print(
         f"\n{count:,} vectors x {DIM}-d in an IVF index, k={K}, {args.queries} distinct bodies "
         f"per kind (a vector body is {body_kb:.1f} KB), {args.seconds:.0f} s per HTTP row, "
-        f"driver {'wrk' if wrk else 'httpx'}; server RSS {rss_start[0]:.0f} -> {rss_end[0]:.0f} MB "
+        f"driver {'wrk' if wrk else 'httpx'}; server RSS, all processes summed, "
+        f"{rss_start[0]:.0f} -> {rss_end[0]:.0f} MB "
         f"(anonymous {rss_start[1]:.0f} -> {rss_end[1]:.0f} MB; the rest is mapped vector "
         "shards)"
         + (f"; server env {args.server_env}" if args.server_env else "")
@@ -639,6 +718,7 @@ def main() -> None:
         "this process for library rows) per answered request\n"
     )
     print("\n".join(verdicts(runs, args.clients)))
+    print("\n".join(versus_baseline(runs)))
     http_p50 = next(r.p50_ms for r in runs if r.driver != "library" and r.clients == 1)
     print("\none vector query, step by step (in-process, one at a time, median µs):\n")
     print("| step | µs |\n| --- | --- |")

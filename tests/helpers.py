@@ -23,10 +23,12 @@ def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
 
 
 @contextlib.contextmanager
-def serve_app(app: object, settings: ServerSettings | None = None) -> Iterator[str]:
+def serve_app(
+    app: object, settings: ServerSettings | None = None, http: str = "auto"
+) -> Iterator[str]:
     """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL.
     With ``settings``, uvicorn runs as ``lookalike serve`` runs it (connection limits, proxy
-    trust)."""
+    trust), with the ``http`` protocol ("h11", "httptools" or "auto")."""
     import uvicorn
 
     from lookalike.server.connections import uvicorn_options
@@ -34,7 +36,7 @@ def serve_app(app: object, settings: ServerSettings | None = None) -> Iterator[s
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    options = uvicorn_options(settings) if settings is not None else {}
+    options = uvicorn_options(settings, http) if settings is not None else {}
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
     )

@@ -56,12 +56,19 @@ LIMITS = ServerSettings(
 )
 
 
-@pytest.fixture(scope="module")
-def limited(tiny_clip: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a server run as ``lookalike serve`` runs it, with 1-2 s deadlines."""
+@pytest.fixture(scope="module", params=["h11", "httptools"])
+def limited(
+    tiny_clip: tuple[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[str]:
+    """Base URL of a server run as ``lookalike serve`` runs it, with 1-2 s deadlines, with
+    each HTTP protocol: h11 (pure Python) and httptools (the server extra's C parser)."""
+    if request.param == "httptools":
+        pytest.importorskip("httptools")
     spec, weights = tiny_clip
     collection = Collection.create(tmp_path_factory.mktemp("slow") / "col", spec, weights=weights)
-    with serve_app(create_app({"c": collection}, LIMITS), LIMITS) as base:
+    with serve_app(create_app({"c": collection}, LIMITS), LIMITS, request.param) as base:
         yield base
     collection.close()
 
@@ -203,3 +210,11 @@ def test_deadlines_and_the_connection_cap_must_be_positive(option: str, setting:
         ServerSettings(**{setting: 0})
     result = CliRunner().invoke(cli.app, ["serve", "nowhere", option, "0"])
     assert isinstance(result.exception, BadInputError) and setting in str(result.exception)
+
+
+def test_pipelined_requests_are_all_answered_then_the_connection_idles_out(limited: str) -> None:
+    with connect(limited) as kept:
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        received, waited = until_closed(kept)
+    assert received.count(b"HTTP/1.1 200") == 3, received[:600]
+    assert waited < IDLE_S + 1.5

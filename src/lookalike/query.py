@@ -35,6 +35,7 @@ MAX_TEXT = 2000
 MAX_VECTOR = 65_536
 MAX_MARKS = 5000  # relevance-feedback marks on each side
 ID_MAX = 2**63 - 1
+PLAIN_NUMBERS = frozenset({float, int})  # bool is a type of its own: never a number here
 INT64_MIN = -(2**63)
 FilterValue = str | int | float | bool | None
 
@@ -299,7 +300,10 @@ def _check_vector(value: Any) -> None:
         ok = value.dtype.kind in "fiu"  # collection's to judge (a wrong dimension)
         size = int(value.size)
     else:
-        ok = isinstance(value, (list, tuple)) and all(_is_real(x) for x in value)
+        ok = isinstance(value, (list, tuple)) and (
+            # plain floats and ints (what JSON gives) at C speed; else the slow exact check
+            set(map(type, value)) <= PLAIN_NUMBERS or all(_is_real(x) for x in value)
+        )
         size = len(value) if ok else 0
     if not ok or not 0 < size <= MAX_VECTOR:
         raise InvalidQueryError(f"a vector query must be a list of 1 to {MAX_VECTOR} numbers")

@@ -16,9 +16,16 @@ from fastapi import Path as FastAPIPath
 from fastapi import Query as QueryParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from .._version import __version__
@@ -28,7 +35,7 @@ from ..fetch import is_url
 from ..imaging import ImageLimits, check_image
 from ..query import OPTIONS, Query
 from ..types import Hit, Item
-from . import clip_front, compat, curation, errors, signed
+from . import clip_front, compat, curation, errors, fastjson, signed
 from .bodies import item_name, links, parse_json, read_json, relative_path
 from .files import local_image_path, thumbnail, thumbnail_path
 from .guards import Guard
@@ -148,7 +155,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         response_model=SearchResponse,
         openapi_extra={"requestBody": _SEARCH_REQUEST_BODY},
     )
-    async def search(name: str, request: Request) -> SearchResponse:
+    async def search(name: str, request: Request) -> Response:
         """Search by exactly one of text, image (base64), url, id, vector or weighted query
         parts (JSON body), or by an uploaded image (multipart field ``image``)."""
         collection = served[name]
@@ -157,10 +164,13 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         run = served.url_work.run if query.fetches else run_in_threadpool
         hits = await run(collection.search, query)
         roots = served.path_roots(name)
-        return SearchResponse(
-            results=[_hit_body(name, h, roots) for h in hits],
-            took_ms=round((time.perf_counter() - started) * 1000, 3),
-            model=collection.model,
+        return _json_answer(
+            SearchResponse,
+            {
+                "results": [_hit_json(name, h, roots) for h in hits],
+                "took_ms": round((time.perf_counter() - started) * 1000, 3),
+                "model": collection.model,
+            },
         )
 
     @api.post(
@@ -385,7 +395,24 @@ def _item_body(name: str, item: Item, roots: list[str] | None = None) -> ItemBod
 
 
 def _hit_body(name: str, hit: Hit, roots: list[str] | None = None) -> HitBody:
-    return HitBody(**_public_fields(name, hit, roots), score=hit.score)
+    return HitBody(**_hit_json(name, hit, roots))
+
+
+def _hit_json(name: str, hit: Hit, roots: list[str] | None = None) -> dict[str, Any]:
+    """A hit as its :class:`HitBody` JSON holds it, fields in the same order."""
+    return {"id": hit.id, "score": hit.score, **_public_fields(name, hit, roots)}
+
+
+def _json_answer(model: type[BaseModel], content: dict[str, Any]) -> Response:
+    """``content`` as JSON, written straight from plain values: what ``model`` (the route's
+    documented response_model) would write, without validating and copying every field of
+    an answer that the library built and typed. Values plain JSON cannot hold go through
+    ``model`` as before."""
+    try:
+        body = fastjson.dumps(content)
+    except (TypeError, ValueError):
+        body = model.model_validate(content).model_dump_json().encode()
+    return Response(body, media_type="application/json")
 
 
 def _public_fields(name: str, item: Item, roots: list[str] | None = None) -> dict[str, Any]:
