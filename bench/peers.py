@@ -339,9 +339,10 @@ def faiss_batch(handle: Tunable, setting: Setting, queries: np.ndarray) -> np.nd
     return handle.use(setting).search(queries, K)[1]
 
 
-# steps of about 1.15x up to 128, so each graph stops just past the target (a ladder of 1.5x
-# steps put Qdrant at 0.975 with ef 96, where 0.95 needed less), then coarser
-EF_LADDER = [16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 72, 80, 88, 96, 112, 128, 160, 192]
+# from k (a smaller ef searches as ef = k: the sweep would see no gain and stop), in steps of
+# about 1.15x up to 128, so each graph stops just past the target (a ladder of 1.5x steps put
+# Qdrant at 0.975 with ef 96, where 0.95 needed less), then coarser
+EF_LADDER = [20, 24, 28, 32, 36, 40, 48, 56, 64, 72, 80, 88, 96, 112, 128, 160, 192]
 EF_LADDER += [256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192]
 
 
