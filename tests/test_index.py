@@ -205,6 +205,23 @@ def test_a_damaged_codes_file_is_found_and_rebuilt(tmp_path: Path, vectors: np.n
     assert Collection.open(tmp_path / "col").search(vector=vectors[9], k=1)[0].id == 9
 
 
+def test_the_delta_seed_is_read_at_the_first_add_and_checked_by_verify(
+    trained: Collection, vectors: np.ndarray
+) -> None:
+    index = trained.backend.index
+    assert index.delta is None  # type: ignore[attr-defined]  # a searching server never needs it
+    assert trained.search(vector=vectors[5], k=1)[0].id == 5
+    seed = trained.path / "index" / "ivf-trained.faiss"
+    seed.write_bytes(seed.read_bytes()[:100])  # damaged before anything was added
+    problems = [p.what for p in trained.verify().problems]
+    assert any("IVF index cannot be read" in what for what in problems)
+    trained.verify(repair=True)
+    assert not any("IVF index" in p.what for p in trained.verify().problems)
+    ids = trained.add_vectors(clustered(3, seed=21), ["late0", "late1", "late2"])
+    assert trained.backend.index.delta is not None  # type: ignore[attr-defined]
+    assert trained.search(vector=clustered(3, seed=21)[1], k=1)[0].id == ids[1]
+
+
 def test_rows_straddling_pages_are_read_whole_when_prefetched(tmp_path: Path) -> None:
     dim = 100  # 400-byte rows: some cross a 4 KiB page boundary
     points = np.random.default_rng(3).standard_normal((3000, dim)).astype(np.float32)

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ class IvfIndex:
         self.base = faiss.read_index(
             str(self.directory / self.params.file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
         )
-        self.delta = faiss.read_index(str(self.directory / EMPTY_FILE))
+        self.delta: Any = None  # read at the first add: it holds a copy of the quantizer
         self.delta_upto = self.params.indexed_count
         self.codes = (
             Codes(self.directory / self.params.codes, self.params.indexed_count)
@@ -152,10 +153,11 @@ class IvfIndex:
             selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(bitmap))
         options = _search_options(self.params.nlist, nprobe, selector)
         _, ids = self.base.search(queries, depth, params=options)
-        if self.delta.ntotal:
-            with self.lock:
-                _, more = self.delta.search(queries, depth, params=options)
-            ids = np.concatenate([ids, more], axis=1)
+        if self.pending:
+            with self.lock:  # a save() may have merged the delta since
+                delta = self.delta
+                if delta is not None:
+                    ids = np.concatenate([ids, delta.search(queries, depth, params=options)[1]], 1)
         tail = self.params.exact_per_result
         return at_least(*rerank(self.vectors, self.codes, queries, ids, k, count, tail), min_score)
 
@@ -191,13 +193,21 @@ class IvfIndex:
             self.base = faiss.read_index(
                 str(self.directory / params.file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
             )
-            self.delta.reset()
+            self.delta = None
+
+    def open_delta(self) -> None:
+        """Read the trained, empty index that seeds the delta (once; verify reads it too)."""
+        import faiss
+
+        if self.delta is None:
+            self.delta = faiss.read_index(str(self.directory / EMPTY_FILE))
 
     def catch_up(self, count: int) -> None:
         """Add vectors committed since the index file was written to the delta index."""
         if count <= self.delta_upto:
             return
         with self.lock:
+            self.open_delta()
             for start, block in self.vectors.chunks(count):
                 end = start + len(block)
                 if end <= self.delta_upto:
