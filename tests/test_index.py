@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -220,6 +221,17 @@ def test_the_delta_seed_is_read_at_the_first_add_and_checked_by_verify(
     ids = trained.add_vectors(clustered(3, seed=21), ["late0", "late1", "late2"])
     assert trained.backend.index.delta is not None  # type: ignore[attr-defined]
     assert trained.search(vector=clustered(3, seed=21)[1], k=1)[0].id == ids[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_opening_maps_the_vectors_a_rerank_reads(trained_once: Path) -> None:
+    def mapped_file_kib() -> int:
+        return int(re.search(r"RssFile:\s+(\d+)", Path("/proc/self/status").read_text())[1])
+
+    before = mapped_file_kib()
+    with Collection.open(trained_once) as collection:
+        collection.backend.index.populating.join(timeout=30)  # type: ignore[attr-defined]
+        assert mapped_file_kib() - before >= N * DIM * 4 // 1024 * 0.9  # every vector's page
 
 
 def test_rows_straddling_pages_are_read_whole_when_prefetched(tmp_path: Path) -> None:

@@ -119,6 +119,9 @@ class IvfIndex:
             else None
         )
         self.lock = threading.Lock()
+        self.populating = None  # re-ranks read the float32 shards when they fit the page cache
+        if self.codes is None:
+            self.populating = vectors.populate(self.params.indexed_count)
 
     @property
     def pending(self) -> int:
