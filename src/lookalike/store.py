@@ -12,6 +12,7 @@ refuse to touch and ``lookalike verify`` reports and repairs.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import math
@@ -35,7 +36,7 @@ SHARD_ROWS = 1 << 20
 PAGE = mmap.PAGESIZE
 PREFETCH_BATCH = 1024  # rows whose pages are requested together before they are copied
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
-POPULATE_CHUNK = 1 << 20  # bytes mapped in per call: each call holds the GIL
+POPULATE_CHUNK = 64 << 20  # bytes mapped in per call
 LOCK_TIMEOUT_S = 30.0
 MAX_FILTER_KEYS = 100  # SQLite refuses expressions past 1000 terms deep
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -300,20 +301,32 @@ class VectorShards:
         this process, each costs a page fault even from the page cache, and a fresh process
         pays them until it has touched most pages (p50 0.75 against 0.57-0.62 ms at 1 M,
         bench/RESULTS.md). For shards that fit the page cache: a cold file is read meanwhile."""
-        maps = []
+        blocks = []
         for shard in range((count + SHARD_ROWS - 1) // SHARD_ROWS):
             rows = min(self.rows_in(shard), self._expected(shard, count))
             if rows:
-                maps.append(self._scattered_map(shard, rows)[0])  # mapped before any search
+                blocks.append(self._scattered_map(shard, rows)[1])  # mapped before any search
 
         def run() -> None:
-            for mapped in maps:
-                for offset in range(0, len(mapped), POPULATE_CHUNK):
-                    try:
-                        size = min(POPULATE_CHUNK, len(mapped) - offset)
-                        mapped.madvise(MADV_POPULATE_READ, offset, size)
-                    except (OSError, ValueError):  # an older kernel, a closed map, damage
-                        return
+            # through ctypes, which lets go of the GIL (mmap.madvise holds it, for seconds on a
+            # cold file); a view of the map keeps it open meanwhile
+            try:
+                madvise = ctypes.CDLL(None, use_errno=True).madvise
+            except (OSError, AttributeError):  # no C library to call: searches fault pages in
+                return
+            for block in blocks:
+                base, length = block.ctypes.data, block.nbytes
+                for offset in range(0, length, POPULATE_CHUNK):
+                    size = min(POPULATE_CHUNK, length - offset)
+                    if (
+                        madvise(
+                            ctypes.c_void_p(base + offset),
+                            ctypes.c_size_t(size),
+                            MADV_POPULATE_READ,
+                        )
+                        != 0
+                    ):
+                        return  # a kernel without it, or a file cut short under the map
 
         thread = threading.Thread(target=run, name="lookalike-populate", daemon=True)
         thread.start()
