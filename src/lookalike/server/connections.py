@@ -51,6 +51,17 @@ class _Deadlines:
         self.deadline_kind = ""
         self.idle_since: float | None = None  # waiting for a request (none yet or between two)
 
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        """Make room under the connection cap, then give the client the head timeout."""
+        super().connection_made(transport)  # type: ignore[misc]
+        self._start()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the deadline with the connection."""
+        self._disarm()
+        self.idle_since = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
     def _stage(self) -> str:
         """Where the client is: "idle" (no request, or a partial head), "body" (sending a
         body) or "app" (its request is in: the answer is the app's business)."""
@@ -150,17 +161,6 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
         super().__init__(*args, **kwargs)
         self._init_deadlines(settings)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        """Make room under the connection cap, then give the client the head timeout."""
-        super().connection_made(transport)
-        self._start()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Drop the deadline with the connection."""
-        self._disarm()
-        self.idle_since = None
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         """Start the head deadline with the first byte of a request on a kept-alive
         connection, then follow the request's progress."""
@@ -193,17 +193,6 @@ if HttpToolsProtocol is not None:
             super().__init__(*args, **kwargs)
             self._init_deadlines(settings)
             self.reading = "idle"  # "head", "body", then "app" once the request is in
-
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            """Make room under the connection cap, then give the client the head timeout."""
-            super().connection_made(transport)
-            self._start()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            """Drop the deadline with the connection."""
-            self._disarm()
-            self.idle_since = None
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             """Start the head deadline with the first byte of a request on a kept-alive
