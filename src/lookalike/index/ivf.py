@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ PARAMS_FILE = "ivf.json"  # names the current index file, so a crashed save leav
 EMPTY_FILE = "ivf-trained.faiss"  # quantizer and codebooks, no vectors: seeds the delta
 EXACT_BELOW = 20_000  # allowed rows under which a filtered search is done exactly
 TUNE_QUERIES = 500  # recall@20 over 10,000 neighbours: about +-0.005
+MAX_GIVEN_QUERIES = 2000  # of the caller's tuning queries, a sample of at most this many
 MIN_TRAIN = 256  # fewer vectors than this cannot train 4-bit PQ codebooks well
 TUNE_K = 20
 # A search for results scoring at least this (copies: bench/duplicates.py) probes at most
@@ -111,7 +114,14 @@ class IvfIndex:
         self.base = faiss.read_index(
             str(self.directory / self.params.file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
         )
-        self.delta: Any = None  # read at the first add: it holds a copy of the quantizer
+        # the delta's seed holds a copy of the quantizer (4 B a vector at 1 M): checked here,
+        # then read again at the first add from this descriptor, so another process
+        # replacing or deleting the file meanwhile does not matter
+        seed = os.open(self.directory / EMPTY_FILE, os.O_RDONLY)
+        weakref.finalize(self, os.close, seed)
+        self._seed = seed
+        self._read_seed()  # a damaged seed fails the open: searches fall back to exact
+        self.delta: Any = None
         self.delta_upto = self.params.indexed_count
         self.codes = (
             Codes(self.directory / self.params.codes, self.params.indexed_count)
@@ -199,11 +209,16 @@ class IvfIndex:
             self.delta = None
 
     def open_delta(self) -> None:
-        """Read the trained, empty index that seeds the delta (once; verify reads it too)."""
+        """Read the trained, empty index that seeds the delta, once."""
+        if self.delta is None:
+            self.delta = self._read_seed()
+
+    def _read_seed(self) -> Any:
         import faiss
 
-        if self.delta is None:
-            self.delta = faiss.read_index(str(self.directory / EMPTY_FILE))
+        size = os.fstat(self._seed).st_size
+        data = os.pread(self._seed, size, 0)
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
     def catch_up(self, count: int) -> None:
         """Add vectors committed since the index file was written to the delta index."""
@@ -336,6 +351,8 @@ class _Tuning:
         tuned on training vectors was 0.947 on held-out queries)."""
         if given is not None:
             queries = _unit_rows(given, vectors.dim)
+            if len(queries) > MAX_GIVEN_QUERIES:  # scores and top-k grow with them, per block
+                queries = queries[np.sort(rng.choice(len(queries), MAX_GIVEN_QUERIES, False))]
             return _Tuning(queries, np.full(len(queries), -1), RunningTopK(len(queries), TUNE_K))
         live_ids = np.flatnonzero(live[:count])
         unseen = np.setdiff1d(live_ids, trained_on, assume_unique=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -138,9 +139,10 @@ def rerank(
         approx, candidates = top_k(approx, candidates, k * exact_per_result)
         candidates = np.where(np.isfinite(approx), candidates, -1)
     cold = codes is not None  # the shards outgrow the page cache: fetch rows in parallel
+    fetch = partial(vectors.get, count=count, prefetch=cold)
     if len(queries) == 1:
-        return _rerank_one(queries[0], candidates[0], k, lambda ids: vectors.get(ids, count))
-    exact = _scores(queries, candidates, lambda ids: vectors.get(ids, count, prefetch=cold))
+        return _rerank_one(queries[0], candidates[0], k, fetch)
+    exact = _scores(queries, candidates, fetch)
     return pad(*top_k(exact, candidates, k), k)
 
 
