@@ -129,9 +129,14 @@ class IvfIndex:
             else None
         )
         self.lock = threading.Lock()
-        self.populating = None  # re-ranks read the float32 shards when they fit the page cache
-        if self.codes is None:
-            self.populating = vectors.populate(self.params.indexed_count)
+        self.populating: threading.Thread | None = None  # see map_vectors
+
+    def map_vectors(self) -> None:
+        """Map the vectors re-ranks read into this process in the background, when they are
+        the float32 shards (which then fit the page cache): see :meth:`VectorShards.populate`.
+        For an index that will serve searches, not one opened to check its files."""
+        if self.codes is None and self.populating is None:
+            self.populating = self.vectors.populate(self.params.indexed_count)
 
     @property
     def pending(self) -> int:

@@ -22,7 +22,7 @@ def open_index(path: Path, vectors: VectorShards) -> VectorIndex:
     if not has_ivf(path):
         return FlatIndex(vectors)
     try:
-        return IvfIndex(path, vectors)
+        index = IvfIndex(path, vectors)
     except Exception as error:  # a damaged index fails in many ways inside Faiss
         log.warning(
             "the IVF index of %s cannot be read (%s): searching exactly until "
@@ -31,6 +31,8 @@ def open_index(path: Path, vectors: VectorShards) -> VectorIndex:
             error,
         )
         return FlatIndex(vectors)
+    index.map_vectors()
+    return index
 
 
 def build_index(
