@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -128,3 +129,14 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus standalone server of its own, for each test module that asks for one."""
+    if sys.platform not in ("linux", "darwin"):
+        pytest.skip(f"the milvus package ships its server for Linux and macOS, not {sys.platform}")
+    from lookalike.backends.milvus import local_server
+
+    with local_server(tmp_path_factory.mktemp("milvus-server")) as uri:
+        yield uri

@@ -8,7 +8,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from PIL import Image
 
@@ -51,3 +51,41 @@ def serve_app(
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def searched_during(
+    ingest: Callable[[], object], served: object, final_body: dict
+) -> tuple[int, set[int], dict]:
+    """Runs ``ingest`` in a thread while a server over ``served`` (as collection "photos")
+    answers search-by-id-0 requests in a loop, each checked to be a 200. Returns the searches
+    answered, the result counts they saw, and the answer to ``final_body`` once the ingest
+    has ended; an error of the ingest is raised here."""
+    import httpx
+
+    from lookalike.server import create_app
+
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ingest()
+        except BaseException as error:  # raised below, in the test's thread
+            failures.append(error)
+        finally:
+            done.set()
+
+    answered, sizes = 0, set()
+    with serve_app(create_app({"photos": served})) as base, httpx.Client(base_url=base) as http:
+        thread = threading.Thread(target=run)
+        thread.start()
+        while not done.is_set():
+            answer = http.post("/v1/collections/photos/search", json={"id": 0, "k": 100})
+            assert answer.status_code == 200, answer.text
+            answered += 1
+            sizes.add(len(answer.json()["results"]))
+        thread.join(60)
+        final = http.post("/v1/collections/photos/search", json=final_body).json()
+    if failures:
+        raise failures[0]
+    return answered, sizes, final

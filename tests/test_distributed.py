@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -22,7 +20,7 @@ from lookalike.types import IngestReport
 
 ray = pytest.importorskip("ray")
 
-from helpers import serve_app  # noqa: E402
+from helpers import searched_during  # noqa: E402
 from lookalike.distributed import (  # noqa: E402
     RayOptions,
     embed_to_parquet,
@@ -213,34 +211,15 @@ def test_the_cli_runs_index_embed_and_import_on_ray(
 def test_a_server_answers_searches_during_a_ray_ingest(
     image_folder: Callable[..., Path], tmp_path: Path, tiny_clip: tuple[str, Path]
 ) -> None:
-    from lookalike.server import create_app
 
     folder = image_folder(48)
     writer = _collection(tmp_path / "shared", tiny_clip)
     writer.add_images([folder / "img0001.jpg"])
     served = Collection.open(tmp_path / "shared")
-    done = threading.Event()
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            ray_ingest(writer, folder, ray=RayOptions(actors=1, batch_size=4))
-        except BaseException as error:  # reported by the test below
-            failures.append(error)
-        finally:
-            done.set()
-
-    answered, seen = 0, set()
-    with serve_app(create_app({"photos": served})) as base, httpx.Client(base_url=base) as http:
-        thread = threading.Thread(target=run)
-        thread.start()
-        while not done.is_set():
-            answer = http.post("/v1/collections/photos/search", json={"id": 0, "k": 100})
-            assert answer.status_code == 200, answer.text
-            answered += 1
-            seen.add(len(answer.json()["results"]))
-        thread.join(60)
-        final = http.post("/v1/collections/photos/search", json={"id": 0, "k": 100}).json()
-    assert not failures, failures
+    answered, seen, final = searched_during(
+        lambda: ray_ingest(writer, folder, ray=RayOptions(actors=1, batch_size=4)),
+        served,
+        {"id": 0, "k": 100},
+    )
     assert answered > 1 and len(final["results"]) == 47  # every image but the query's own
     assert len(seen) > 1  # searches saw the collection grow, batch by batch

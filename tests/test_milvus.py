@@ -45,17 +45,6 @@ HOSTILE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Milvus standalone server of its own, for this module."""
-    if sys.platform not in ("linux", "darwin"):
-        pytest.skip(f"the milvus package ships its server for Linux and macOS, not {sys.platform}")
-    from lookalike.backends.milvus import local_server
-
-    with local_server(tmp_path_factory.mktemp("milvus-server")) as uri:
-        yield uri
-
-
 def _vectors(n: int, seed: int) -> np.ndarray:
     """Clustered unit vectors, so neighbours are near and ties are rare."""
     rng = np.random.default_rng(seed)

@@ -4,29 +4,16 @@ default. A real Milvus standalone server and a local Ray, both started here and 
 
 from __future__ import annotations
 
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from helpers import serve_app
+from helpers import searched_during
 from lookalike import Collection
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("pymilvus")
-
-
-@pytest.fixture(scope="module")
-def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if sys.platform not in ("linux", "darwin"):
-        pytest.skip(f"the milvus package ships its server for Linux and macOS, not {sys.platform}")
-    from lookalike.backends.milvus import local_server
-
-    with local_server(tmp_path_factory.mktemp("milvus-server")) as uri:
-        yield uri
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +37,6 @@ def test_a_ray_ingest_into_milvus_while_a_server_answers(
     tiny_clip: tuple[str, Path],
 ) -> None:
     from lookalike.distributed import RayOptions, ray_ingest
-    from lookalike.server import create_app
 
     spec, weights = tiny_clip
     folder = image_folder(40)
@@ -61,29 +47,11 @@ def test_a_ray_ingest_into_milvus_while_a_server_answers(
     )
     writer.add_images([first])
     served = Collection.open(tmp_path / "milvus", runtime="torch")
-    done = threading.Event()
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            ray_ingest(writer, folder, ray=RayOptions(actors=1, batch_size=4))
-        except BaseException as error:  # reported below
-            failures.append(error)
-        finally:
-            done.set()
-
-    answered, sizes = 0, set()
-    with serve_app(create_app({"photos": served})) as base, httpx.Client(base_url=base) as http:
-        thread = threading.Thread(target=run)
-        thread.start()
-        while not done.is_set():
-            answer = http.post("/v1/collections/photos/search", json={"id": 0, "k": 100})
-            assert answer.status_code == 200, answer.text
-            answered += 1
-            sizes.add(len(answer.json()["results"]))
-        thread.join(60)
-        final = http.post("/v1/collections/photos/search", json={"text": "x", "k": 100}).json()
-    assert not failures, failures
+    answered, _, final = searched_during(
+        lambda: ray_ingest(writer, folder, ray=RayOptions(actors=1, batch_size=4)),
+        served,
+        {"text": "x", "k": 100},
+    )
     assert answered > 1 and len(final["results"]) == 40  # every image, none twice
 
     # the same images, one process, the embedded default: the same rows and rankings
