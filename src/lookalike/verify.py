@@ -264,8 +264,7 @@ def _check_index(
     try:
         index = IvfIndex(collection.path, collection.store.vectors)  # the files, not the cache
         indexed = index.params.indexed_count
-        holds = int(index.base.ntotal)
-        index.open_delta()
+        holds = int(index.base.ntotal)  # opening read the delta's seed too
     except Exception as error:  # a damaged index file fails in many ways inside Faiss
         problem = Problem(f"the IVF index cannot be read ({error}): rebuild it", True)
     else:

@@ -213,7 +213,7 @@ class IvfIndex:
             )
             self.delta = None
 
-    def open_delta(self) -> None:
+    def _open_delta(self) -> None:
         """Read the trained, empty index that seeds the delta, once."""
         if self.delta is None:
             self.delta = self._read_seed()
@@ -230,7 +230,7 @@ class IvfIndex:
         if count <= self.delta_upto:
             return
         with self.lock:
-            self.open_delta()
+            self._open_delta()
             for start, block in self.vectors.chunks(count):
                 end = start + len(block)
                 if end <= self.delta_upto:
