@@ -60,7 +60,11 @@ def lookalike(src: Path, cache: Path, *args: str) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "lookalike", *args], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "lookalike", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
     )
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

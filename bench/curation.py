@@ -251,7 +251,7 @@ def report(args, n, rounds, coverage, feedback_s) -> None:
             f"| {row['round2_p20']:.3f} | {row['round2_groups']:.2f} |"
         )
     (args.workdir / "results.json").write_text(
-        json.dumps({"rounds": rounds, "coverage": coverage}, indent=1)
+        json.dumps({"rounds": rounds, "coverage": coverage}, indent=1), encoding="utf-8"
     )
 
 

@@ -68,7 +68,7 @@ def plant(path: Path, exact_groups: int, near_groups: int, seed: int = 3) -> lis
     """Add exact and near copies of random rows; the planted groups (ids, source first)."""
     marker = path / "bench-planted.json"
     if marker.is_file():
-        return json.loads(marker.read_text())
+        return json.loads(marker.read_text(encoding="utf-8"))
     rng = np.random.default_rng(seed)
     col = Collection.open(path)
     col.backend.auto_index = False
@@ -101,7 +101,7 @@ def plant(path: Path, exact_groups: int, near_groups: int, seed: int = 3) -> lis
         near.setdefault(owner, [owner]).append(i)
     groups += list(near.values())
     col.close()
-    marker.write_text(json.dumps(groups))
+    marker.write_text(json.dumps(groups), encoding="utf-8")
     return groups
 
 
@@ -116,14 +116,17 @@ def run_probe(path: Path, threshold: float, exact: bool, workdir: Path) -> tuple
         stdout=subprocess.PIPE,
         text=True,
         check=True,
+        encoding="utf-8",
     )
-    return json.loads(done.stdout.strip().splitlines()[-1]), json.loads(out.read_text())
+    return json.loads(done.stdout.strip().splitlines()[-1]), json.loads(
+        out.read_text(encoding="utf-8")
+    )
 
 
 def cpu_flags() -> str:
     """The CPU's model and its vector-instruction flags (what Faiss and BLAS can use)."""
     model, flags = platform.processor(), set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
         if line.startswith("flags"):

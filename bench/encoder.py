@@ -304,7 +304,7 @@ def profile(encoders: dict[str, Any], batch: np.ndarray) -> None:
         for _ in range(3):
             session.run(None, {"pixels": batch})
         trace = Path(session.end_profiling())
-        events = json.loads(trace.read_text())
+        events = json.loads(trace.read_text(encoding="utf-8"))
         trace.unlink()
         by_op: Counter[str] = Counter()
         for event in events:
@@ -371,7 +371,7 @@ def least_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.partition(":")[2].strip()
     except OSError:

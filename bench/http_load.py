@@ -158,7 +158,9 @@ def make_queries(
 
 def bodies_file(path: Path, bodies: list[dict]) -> Path:
     """One JSON body per line (as client.py would send them)."""
-    path.write_text("".join(json.dumps(b, separators=(",", ":")) + "\n" for b in bodies))
+    path.write_text(
+        "".join(json.dumps(b, separators=(",", ":")) + "\n" for b in bodies), encoding="utf-8"
+    )
     return path
 
 
@@ -286,7 +288,7 @@ def wrk_run(
 ) -> Run:
     """wrk, keep-alive connections, a random body of ``bodies`` per request."""
     script = workdir / "bodies.lua"
-    script.write_text(WRK_SCRIPT)
+    script.write_text(WRK_SCRIPT, encoding="utf-8")
     threads = min(clients, os.cpu_count() or 1)
     command = [wrk, f"-t{threads}", f"-c{clients}", f"-d{seconds:.0f}s", "--timeout", "10s"]
     result = subprocess.run(
@@ -295,6 +297,7 @@ def wrk_run(
         text=True,
         timeout=seconds + 60,
         check=True,
+        encoding="utf-8",
     )
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
     data = json.loads(line.removeprefix("RESULT "))
@@ -316,7 +319,7 @@ def wrk_run(
 
 def httpx_run(url: str, bodies: Path, clients: int, seconds: float, kind: str) -> Run:
     """The fallback driver: threads with keep-alive httpx clients (costs the box more CPU)."""
-    payloads = bodies.read_text().splitlines()
+    payloads = bodies.read_text(encoding="utf-8").splitlines()
     local = threading.local()
 
     def call(i: int) -> float | None:
@@ -348,7 +351,7 @@ def start_server(
     command = [sys.executable, "-m", "lookalike", "serve", f"{NAME}={path}"]
     process = subprocess.Popen(
         [*command, "--host", HOST, "--port", str(port), "--workers", str(workers)],
-        stdout=log.open("w"),
+        stdout=log.open("w", encoding="utf-8"),
         stderr=subprocess.STDOUT,
         cwd=log.parent,
         env={**os.environ, **env},
@@ -356,7 +359,9 @@ def start_server(
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited ({process.returncode}):\n{log.read_text()}")
+            raise RuntimeError(
+                f"the server exited ({process.returncode}):\n{log.read_text(encoding='utf-8')}"
+            )
         try:
             if httpx.get(f"http://{HOST}:{port}/health", timeout=1).status_code == 200:
                 return process
@@ -380,7 +385,7 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of a process and its living children (the workers of
     ``serve --workers``)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rpartition(")")[2].split()
     except OSError:  # ended meanwhile
         return 0.0
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -392,7 +397,7 @@ def children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            found += [int(c) for c in (task / "children").read_text().split()]
+            found += [int(c) for c in (task / "children").read_text(encoding="utf-8").split()]
         except OSError:
             continue
     return found
@@ -413,7 +418,7 @@ def wait_idle(pid: int, limit: float = 120) -> float:
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
         if line.startswith("model name"):
             return line.partition(":")[2].strip()
     return "unknown"
@@ -424,7 +429,7 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     RssFile), in MB, summed: shared file pages (mapped vector shards) count once a process."""
     total = 0.0
     for process in (pid, *children(pid)):
-        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+        for line in Path(f"/proc/{process}/status").read_text(encoding="utf-8").splitlines():
             if line.startswith(f"{field}:"):
                 total += int(line.split()[1]) / 1024
     return total
@@ -502,13 +507,14 @@ def profile(pid: int, seconds: float, workdir: Path, load: Callable[[], Run]) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
     )
     run = load()
     _, problems = sampler.communicate(timeout=seconds + 60)
     if sampler.returncode != 0 or not out.exists():
         return f"py-spy failed: {problems.strip()[-300:]}"
     totals: Counter[str] = Counter()
-    for line in out.read_text().splitlines():
+    for line in out.read_text(encoding="utf-8").splitlines():
         stack, _, count = line.rpartition(" ")
         totals[categorize(stack.split(";"))] += int(count)
     samples = sum(totals.values())

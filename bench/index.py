@@ -71,7 +71,7 @@ def fill(path: Path, n: int, mixture: Mixture, model: tuple[np.ndarray, np.ndarr
     """Stream n vectors into a new collection at path (reused if a run already filled it)."""
     recipe = json.dumps({"n": n, **asdict(mixture)})
     marker = path / "bench.json"
-    if marker.is_file() and marker.read_text() == recipe:
+    if marker.is_file() and marker.read_text(encoding="utf-8") == recipe:
         return 0.0
     if path.exists():
         shutil.rmtree(path)
@@ -86,7 +86,7 @@ def fill(path: Path, n: int, mixture: Mixture, model: tuple[np.ndarray, np.ndarr
             mixture.draw(rng, model, size), [f"v{i}" for i in range(start, start + size)]
         )
     collection.close()
-    marker.write_text(recipe)
+    marker.write_text(recipe, encoding="utf-8")
     return time.perf_counter() - started
 
 
@@ -146,6 +146,7 @@ def anon_memory(path: Path, queries: np.ndarray, workdir: Path) -> tuple[int, st
         capture_output=True,
         text=True,
         check=True,
+        encoding="utf-8",
     )
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     return int(answer["anon_bytes"]), answer["kind"], float(answer["open_s"])

@@ -36,7 +36,7 @@ def fill_milvus(path: Path, uri: str, n: int, mixture: Mixture, model: tuple) ->
     already filled it on this server)."""
     recipe = json.dumps({"n": n, "uri": uri, **asdict(mixture)})
     marker = path / "bench.json"
-    if marker.is_file() and marker.read_text() == recipe:
+    if marker.is_file() and marker.read_text(encoding="utf-8") == recipe:
         return 0.0
     if path.exists():
         import shutil
@@ -55,7 +55,7 @@ def fill_milvus(path: Path, uri: str, n: int, mixture: Mixture, model: tuple) ->
             collection.add_vectors(part, [f"v{i}" for i in range(first, first + len(part))])
         log(f"milvus: {start + size:,} vectors in {time.perf_counter() - started:.0f} s")
     collection.close()
-    marker.write_text(recipe)
+    marker.write_text(recipe, encoding="utf-8")
     return time.perf_counter() - started
 
 

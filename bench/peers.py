@@ -152,7 +152,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def memory(pid: int) -> dict[str, int]:
     """Resident anonymous and file-backed bytes of a process (from /proc/PID/status)."""
     fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
         key, _, value = line.partition(":")
         if key in ("RssAnon", "RssFile", "VmRSS"):
             fields[key] = int(value.split()[0]) * 1024
@@ -232,7 +232,7 @@ def lookalike_ingest(ctx: Context, path: Path) -> float:
 
     done = ctx.home("lookalike") / "ingest.json"
     if done.exists() and path.exists():
-        return float(json.loads(done.read_text())["ingest_s"])
+        return float(json.loads(done.read_text(encoding="utf-8"))["ingest_s"])
     if path.exists():
         shutil.rmtree(path)
     started = time.perf_counter()
@@ -244,7 +244,7 @@ def lookalike_ingest(ctx: Context, path: Path) -> float:
     collection.close()
     np.save(ctx.home("lookalike") / "ids.npy", np.asarray(ids, dtype=np.int64))
     ingest_s = time.perf_counter() - started
-    done.write_text(json.dumps({"ingest_s": ingest_s}))
+    done.write_text(json.dumps({"ingest_s": ingest_s}), encoding="utf-8")
     return ingest_s
 
 
@@ -403,7 +403,7 @@ def autofaiss_build(ctx: Context) -> dict[str, Any]:
         min_nearest_neighbors_to_retrieve=K,
     )
     index_s = time.perf_counter() - started
-    tuned = json.loads((home / "image.json").read_text()).get("index_param")
+    tuned = json.loads((home / "image.json").read_text(encoding="utf-8")).get("index_param")
     return {
         "ingest_s": 0.0,
         "index_s": index_s,
@@ -535,7 +535,7 @@ class MilvusServer:
         self.server.start()
         self.pid = self.server.server_proc.pid
         self.pid_file = server_pid_file(ctx, os.getpid())
-        self.pid_file.write_text(str(self.pid))
+        self.pid_file.write_text(str(self.pid), encoding="utf-8")
         connections.connect(host="127.0.0.1", port=self.server.listen_port)
         for name in utility.list_collections():  # a restart reloads what was loaded
             if str(utility.load_state(name)) != "NotLoad":
@@ -564,7 +564,8 @@ def embedded_etcd_config(base: Path, client_port: int, peer_port: int) -> str:
     path.write_text(
         f"name: default\nlisten-client-urls: {client}\nadvertise-client-urls: {client}\n"
         f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
-        f"initial-cluster: default={peer}\n"
+        f"initial-cluster: default={peer}\n",
+        encoding="utf-8",
     )
     return str(path)
 
@@ -898,9 +899,11 @@ def worker(ctx: Context, step: str, name: str) -> None:
     if step == "build":
         answer = build_step(ctx, engine)
     else:
-        built = json.loads((results / f"{name}.build.json").read_text())
+        built = json.loads((results / f"{name}.build.json").read_text(encoding="utf-8"))
         answer = search_step(ctx, engine, built)
-    (results / f"{name}.{step}.json").write_text(json.dumps(answer, indent=1, default=str))
+    (results / f"{name}.{step}.json").write_text(
+        json.dumps(answer, indent=1, default=str), encoding="utf-8"
+    )
 
 
 def results_dir(ctx: Context) -> Path:
@@ -919,7 +922,7 @@ def run_step(ctx: Context, step: str, name: str, timeout: float) -> str | None:
     step_log = results_dir(ctx) / f"{name}.{step}.log"
     log(f"{name}: {step} (fresh process; its output: {step_log})")
     # the step writes to a file, not a pipe: it finishes even if this run is stopped
-    with step_log.open("w") as out:
+    with step_log.open("w", encoding="utf-8") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             child.wait(timeout=timeout)
@@ -930,7 +933,11 @@ def run_step(ctx: Context, step: str, name: str, timeout: float) -> str | None:
     if child.returncode == -9:
         return f"{step} ran past {timeout:.0f} s"
     if child.returncode:
-        lines = [line.strip() for line in step_log.read_text().splitlines() if line.strip()]
+        lines = [
+            line.strip()
+            for line in step_log.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         return f"{step} failed: {lines[-1] if lines else child.returncode}"
     return None
 
@@ -945,7 +952,7 @@ def stop_leftover_server(ctx: Context, step_pid: int) -> None:
     pid_file = server_pid_file(ctx, step_pid)
     if not pid_file.exists():
         return
-    pid = int(pid_file.read_text())
+    pid = int(pid_file.read_text(encoding="utf-8"))
     binary = str(ctx.workdir / f"milvus-{ctx.n}" / "bin" / "milvus")
     with contextlib.suppress(OSError):
         if os.readlink(f"/proc/{pid}/exe") == binary:
@@ -959,7 +966,7 @@ def stop_leftover_server(ctx: Context, step_pid: int) -> None:
 
 
 def cpu_line() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
     model = next((ln.split(":", 1)[1].strip() for ln in lines if "model name" in ln), "?")
     flags = set(next(ln for ln in lines if ln.startswith("flags")).split())
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
@@ -1013,7 +1020,10 @@ def report(ctx: Context, names: Sequence[str], errors: dict[str, str]) -> str:
     for name in names:
         build_file, search_file = results / f"{name}.build.json", results / f"{name}.search.json"
         if build_file.exists() and search_file.exists():
-            done[name] = json.loads(build_file.read_text()), json.loads(search_file.read_text())
+            done[name] = (
+                json.loads(build_file.read_text(encoding="utf-8")),
+                json.loads(search_file.read_text(encoding="utf-8")),
+            )
     lines = [
         f"{ctx.n:,} vectors x {DIM}-d ({Mixture()}), {ctx.queries} tuning + {ctx.queries} "
         f"timed held-out queries, k={K}, target recall@20 >= {ctx.target}",
@@ -1070,7 +1080,7 @@ def main() -> None:
                 log(f"{name}: {error}")
                 break
     table = report(ctx, args.engines, errors)
-    (results_dir(ctx) / "table.md").write_text(table + "\n")
+    (results_dir(ctx) / "table.md").write_text(table + "\n", encoding="utf-8")
     print(table)
 
 

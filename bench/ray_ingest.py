@@ -30,7 +30,9 @@ from lookalike.distributed import RayOptions, ray_ingest
 
 def cpu_flags() -> str:
     """The CPU model and its vector extensions that matter to the encoder."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    info = (
+        Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").exists() else ""
+    )
     model = next(
         (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), ""
     )

@@ -61,7 +61,7 @@ def tiny_model(folder: Path) -> tuple[str, Path]:
     import torch
 
     config = folder / "soak-tiny.json"
-    config.write_text(json.dumps(TINY_CLIP))
+    config.write_text(json.dumps(TINY_CLIP), encoding="utf-8")
     open_clip.add_model_config(config)
     torch.manual_seed(0)
     weights = folder / "soak-tiny.pt"
@@ -96,7 +96,7 @@ def free_port() -> int:
 def memory_mb(pid: int) -> tuple[float, float]:
     """(resident, anonymous resident) memory of a process, in MB."""
     found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
         name, _, value = line.partition(":")
         if name in ("VmRSS", "RssAnon"):
             found[name] = int(value.split()[0]) / 1024
@@ -200,7 +200,7 @@ def ingest_loop(
         if time.monotonic() >= deadline:  # making the folder took the time left
             break
         started = time.monotonic()
-        with log.open("a") as out:
+        with log.open("a", encoding="utf-8") as out:
             try:
                 result = subprocess.run(
                     lookalike("index", str(folder), "-c", str(collection), "--json"),
@@ -209,6 +209,7 @@ def ingest_loop(
                     text=True,
                     timeout=max(60.0, deadline - time.monotonic() + 60),
                     cwd=workdir,
+                    encoding="utf-8",
                 )
             except subprocess.TimeoutExpired:
                 window = (started - origin, time.monotonic() - origin)
@@ -263,7 +264,7 @@ def main() -> None:
     log = workdir / "server.log"
     server = subprocess.Popen(
         lookalike("serve", str(collection), "--host", HOST, "--port", str(port)),
-        stdout=log.open("w"),
+        stdout=log.open("w", encoding="utf-8"),
         stderr=subprocess.STDOUT,
         cwd=workdir,
     )
@@ -271,7 +272,9 @@ def main() -> None:
         ready = time.monotonic() + 120
         while True:
             if server.poll() is not None or time.monotonic() > ready:
-                raise RuntimeError(f"the server did not start:\n{log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the server did not start:\n{log.read_text(encoding='utf-8')[-2000:]}"
+                )
             try:
                 if httpx.get(f"{base}/health", timeout=1).status_code == 200:
                     break
@@ -286,10 +289,14 @@ def main() -> None:
             server.kill()
             server.wait(10)
     verify = subprocess.run(
-        lookalike("verify", str(collection)), capture_output=True, text=True, cwd=workdir
+        lookalike("verify", str(collection)),
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        encoding="utf-8",
     )
     report.append(f"\nlookalike verify (after the server stopped): {verify.stdout.strip()}")
-    unexpected = log.read_text().count("unexpected error")
+    unexpected = log.read_text(encoding="utf-8").count("unexpected error")
     report.append(f"server log: {unexpected} 'unexpected error' entries ({log})")
     print("\n".join(report))
     if not args.keep and not args.workdir:

@@ -43,7 +43,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     config = folder / "lookalike-tiny.json"
-    config.write_text(json.dumps(TINY_CLIP))
+    config.write_text(json.dumps(TINY_CLIP), encoding="utf-8")
     open_clip.add_model_config(config)
     torch.manual_seed(0)
     model = open_clip.create_model("lookalike-tiny")

@@ -115,7 +115,7 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log: Pa
 
 
 def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+    return log.read_text(encoding="utf-8", errors="replace")[-2000:] if log.exists() else "(no log)"
 
 
 def make_template() -> None:

@@ -63,7 +63,9 @@ def test_weights_are_hashed_once_per_path_size_and_mtime(tiny_clip, fresh_cache)
     weights = tiny_clip[1]
     digest = cache.file_digest(weights)
     (remembered,) = (fresh_cache / "hashes").iterdir()
-    remembered.write_text("f" * 64)  # what is remembered is used: the file is not read again
+    remembered.write_text(
+        "f" * 64, encoding="utf-8"
+    )  # what is remembered is used: the file is not read again
     assert cache.file_digest(weights) == "f" * 64
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: hashed again

@@ -70,7 +70,7 @@ def indexed(tiny_clip, tmp_path_factory: pytest.TempPathFactory):
     rows = ["path,split,n"] + [
         f"images/{f.name},{'rare' if i % 4 == 0 else 'common'},{i}" for i, f in enumerate(files)
     ]
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     result = invoke("index", root / "labels.csv", "-c", root / "col", *model_args(tiny_clip))
     assert result.exit_code == 0, result.output
     assert "added 12, unchanged 0, duplicates 0, replaced 0, failed 0" in result.stdout
@@ -95,7 +95,9 @@ def test_help_lists_the_commands() -> None:
 def test_help_through_the_installed_entry_point() -> None:
     script = Path(sys.executable).parent / "lookalike"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "lookalike"]
-    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*command, "--help"], capture_output=True, text=True, timeout=60, encoding="utf-8"
+    )
     assert done.returncode == 0, done.stderr
     assert "search" in done.stdout and "index" in done.stdout
 
@@ -175,7 +177,7 @@ def test_search_by_vector(indexed, tmp_path: Path) -> None:
     assert listed[0]["id"] == 6
     np.save(tmp_path / "query.npy", vector)
     assert search_json(col, "--vector", tmp_path / "query.npy", "-k", 1)[0]["id"] == 6
-    (tmp_path / "query.json").write_text(json.dumps(vector.tolist()))
+    (tmp_path / "query.json").write_text(json.dumps(vector.tolist()), encoding="utf-8")
     assert search_json(col, "--vector", tmp_path / "query.json", "-k", 1)[0]["id"] == 6
 
 
@@ -351,6 +353,7 @@ def test_text_query_on_image_only_collection_end_to_end(backbone_weights, tmp_pa
         capture_output=True,
         text=True,
         timeout=120,
+        encoding="utf-8",
     )
     assert done.returncode == 1
     assert done.stdout == ""
@@ -502,3 +505,44 @@ def test_demo_gives_the_same_results_on_every_fresh_run(
     first = demo_results(tiny_clip, tmp_path / "one", monkeypatch, capsys)
     second = demo_results(tiny_clip, tmp_path / "two", monkeypatch, capsys)
     assert first == second
+
+
+ASCII_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "", "COLUMNS": "500"}
+
+
+def run_cli(*args: object, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """``python -m lookalike ARGS`` in a process of its own, with ``env`` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "lookalike", *map(str, args)],
+        capture_output=True,
+        timeout=180,
+        env={**os.environ, **env},
+    )
+
+
+def test_an_ascii_locale_prints_accented_paths_as_escapes(tiny_clip, tmp_path: Path) -> None:
+    accented = os.path.join(os.fsencode(tmp_path), b"caf\xc3\xa9")
+    os.mkdir(accented)
+    for i in range(3):
+        with open(os.path.join(accented, b"p%d.png" % i), "wb") as image:
+            image.write(encode(draw_image(i, (40, 36))))
+    args = ("-c", tmp_path / "col", *model_args(tiny_clip))
+    made = run_cli("index", os.fsdecode(accented), *args, PYTHONUTF8="1")
+    assert made.returncode == 0, made.stderr.decode(errors="replace")
+    done = run_cli("search", tmp_path / "col", "--id", "0", **ASCII_LOCALE)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"caf\\xe9" in done.stdout, done.stdout
+
+
+def test_an_ascii_locale_skips_names_it_cannot_decode(tiny_clip, tmp_path: Path) -> None:
+    write_images(tmp_path / "imgs", 1)
+    undecodable = os.path.join(os.fsencode(tmp_path), b"imgs/\xc3\xa9.png")  # in ASCII
+    os.rename(os.fsencode(tmp_path / "imgs" / "p000.png"), undecodable)
+    write_images(tmp_path / "imgs", 1, start=1)
+    args = ("-c", tmp_path / "col", *model_args(tiny_clip))
+    done = run_cli("index", tmp_path / "imgs", *args, **ASCII_LOCALE)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"added 1," in done.stdout and b"failed 1" in done.stdout
+    assert b"Traceback" not in done.stderr and b"PYTHONUTF8=1" in done.stderr
+    assert b"\\xc3" not in done.stderr  # shown as UTF-8 would, escaped: \xe9
+    assert b"\\xe9.png" in done.stderr

@@ -99,16 +99,17 @@ def server(
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             if process.poll() is not None:
-                pytest.fail(f"lookalike serve exited: {(root / 'server.log').read_text()}")
+                pytest.fail(
+                    f"lookalike serve exited: {(root / 'server.log').read_text(encoding='utf-8')}"
+                )
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(
-                    f"no /health in {STARTUP_SECONDS} s: {(root / 'server.log').read_text()}"
-                )
+                log = (root / "server.log").read_text(encoding="utf-8")
+                pytest.fail(f"no /health in {STARTUP_SECONDS} s: {log}")
             time.sleep(0.1)
         yield Server(url, root / "photos", paths, ids, vectors, root)
     finally:
@@ -403,6 +404,7 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         env=quiet_env(**env),
+        encoding="utf-8",
     )
 
 
@@ -441,6 +443,8 @@ def test_client_import_is_light() -> None:
         "print(json.dumps({'heavy': [m for m in heavy if m in sys.modules],"
         " 'client': 'lookalike.client' in sys.modules, 'httpx': 'httpx' in sys.modules}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, encoding="utf-8"
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"heavy": [], "client": True, "httpx": True}

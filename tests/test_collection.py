@@ -108,7 +108,7 @@ def gallery(tiny_clip, tmp_path_factory: pytest.TempPathFactory) -> Gallery:
         paths[name].write_bytes(encode(twin, "JPEG", quality=quality))
         sizes[name] = (64, 64)
         rows.append(f"images/{name}.jpg,dup,-1,jpeg")
-    (root / "gallery.csv").write_text("\n".join(rows) + "\n")
+    (root / "gallery.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     col = Collection.create(root / "col", spec, weights=weights, fetch_policy=LOCAL)
     report = col.add(root / "gallery.csv")
     assert (report.added, report.failed) == (42, [])
@@ -404,7 +404,7 @@ def test_creating_over_an_existing_collection(make_col, tiny_clip, tmp_path: Pat
         Collection.create(tmp_path / "col", "torchvision:mobilenet_v2", exist_ok=True)
     busy = tmp_path / "busy"
     busy.mkdir()
-    (busy / "keep.txt").write_text("mine")
+    (busy / "keep.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(CollectionError, match="not empty"):
         Collection.create(busy, spec, weights=weights)
     assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
@@ -425,18 +425,20 @@ def test_opening_something_that_is_not_a_collection(tmp_path: Path) -> None:
 def test_unknown_format_version_or_broken_manifest(make_col, tmp_path: Path) -> None:
     make_col().close()
     manifest_path = tmp_path / "col" / "lookalike.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     assert manifest["format"] == 1
-    manifest_path.write_text(json.dumps({**manifest, "format": 99}))
+    manifest_path.write_text(json.dumps({**manifest, "format": 99}), encoding="utf-8")
     with pytest.raises(CollectionError, match="format 99"):
         Collection.open(tmp_path / "col")
-    manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
+    manifest_path.write_text(
+        json.dumps({k: v for k, v in manifest.items() if k != "format"}), encoding="utf-8"
+    )
     with pytest.raises(CollectionError, match="format"):
         Collection.open(tmp_path / "col")
-    manifest_path.write_text("{ not json")
+    manifest_path.write_text("{ not json", encoding="utf-8")
     with pytest.raises(CollectionError, match=r"lookalike\.json"):
         Collection.open(tmp_path / "col")
-    manifest_path.write_text("[1, 2]")
+    manifest_path.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(CollectionError):
         Collection.open(tmp_path / "col")
 

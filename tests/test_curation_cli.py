@@ -32,7 +32,7 @@ def col(tmp_path: Path) -> Path:
 def test_tag_from_search_results_then_search_without_them(col: Path, tmp_path: Path) -> None:
     results = invoke("search", col, "--id", 0, "-k", 5, "--json")
     assert results.exit_code == 0, results.output
-    (tmp_path / "results.json").write_text(results.stdout)
+    (tmp_path / "results.json").write_text(results.stdout, encoding="utf-8")
     tagged = invoke("tag", col, "label:police car", "--from", tmp_path / "results.json", "--id", 19)
     assert tagged.exit_code == 0 and "tagged 6 of 6" in tagged.stdout
     counts = json.loads(invoke("tags", col, "--json").stdout)
@@ -115,7 +115,7 @@ def test_export_cvat_tags_the_batch(col: Path, tmp_path: Path) -> None:
     )
     report = json.loads(again.stdout)
     assert report["written"] == 11  # 19 others, 8 already exported
-    assert len(json.loads((tmp_path / "next.json").read_text())) == 11
+    assert len(json.loads((tmp_path / "next.json").read_text(encoding="utf-8"))) == 11
 
 
 def test_export_takes_the_feedback_and_diversity_options(col: Path, tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_export_takes_the_feedback_and_diversity_options(col: Path, tmp_path: Pa
         "-k", 6, "--format", "json", "--out", out,
     )  # fmt: skip
     assert done.exit_code == 0, done.output
-    ids = [row["id"] for row in json.loads(out.read_text())]
+    ids = [row["id"] for row in json.loads(out.read_text(encoding="utf-8"))]
     assert len(ids) == 6 and not {1, 2, 7} & set(ids)  # marked ids never come back
     with Collection.open(col) as opened:
         same = opened.search(relevant=[1, 2], irrelevant=[7], diverse=0.3, k=6)

@@ -51,7 +51,7 @@ def source(image_folder: Callable[..., Path]) -> Path:
     folder = image_folder(20)
     shutil.copy(folder / "img0001.jpg", folder / "copy-of-1.jpg")
     (folder / "empty.png").write_bytes(b"")
-    (folder / "text.jpg").write_text("not an image at all")
+    (folder / "text.jpg").write_text("not an image at all", encoding="utf-8")
     (folder / "truncated.png").write_bytes((folder / "img0002.webp").read_bytes()[:-1][:60])
     (folder / "bad-header.gif").write_bytes(b"GIF89a" + b"\0" * 40)
     return folder

@@ -81,7 +81,11 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(
         process.wait()
     assert kills >= 2, "the ingest finished before it could be killed"
     finish = subprocess.run(
-        index_command(folder, crashed, spec, weights), capture_output=True, text=True, timeout=120
+        index_command(folder, crashed, spec, weights),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        encoding="utf-8",
     )
     assert finish.returncode == 0, finish.stderr
 

@@ -101,7 +101,7 @@ def test_label_studio_tasks_and_config(gallery: Collection, tmp_path: Path) -> N
         name="photos",
         labels=["police car", "other"],
     )
-    tasks = json.loads(out.read_text())
+    tasks = json.loads(out.read_text(encoding="utf-8"))
     assert report.written == len(tasks) == 5
     first = tasks[0]
     lookalike_id = first["data"]["lookalike_id"]
@@ -131,7 +131,7 @@ def test_label_studio_local_files(gallery: Collection, tmp_path: Path) -> None:
         include_self=True,
         local_files_root=tmp_path / "images" / "a",
     )
-    tasks = json.loads(out.read_text())
+    tasks = json.loads(out.read_text(encoding="utf-8"))
     images = [t["data"]["image"] for t in tasks]
     assert len(tasks) == report.written == 7  # 6 files under a/, and the URL image as it is
     assert "https://example.com/pics/remote%20one.jpg" in images
@@ -156,7 +156,7 @@ def test_cvat_for_images_1_1(gallery: Collection, tmp_path: Path) -> None:
     assert [int(i.get("id")) for i in images] == list(range(13))
     names = [i.get("name") for i in images]
     assert len(set(names)) == 13  # img0.png twice: the second is named by id
-    listed = (out / "images.txt").read_text().splitlines()
+    listed = (out / "images.txt").read_text(encoding="utf-8").splitlines()
     for image, source in zip(images, listed, strict=True):
         item = gallery.lookup(source)
         assert (int(image.get("width")), int(image.get("height"))) == (item.width, item.height)
@@ -171,8 +171,8 @@ def test_fiftyone_classification_dataset(gallery: Collection, tmp_path: Path) ->
     gallery.tag([0], "labeled")
     out = tmp_path / "fo"
     report = gallery.export(out, "fiftyone", id=0, k=13, include_self=True, labels=["car"])
-    labels = json.loads((out / "labels.json").read_text())
-    extra = json.loads((out / "metadata.json").read_text())
+    labels = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    extra = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
     assert labels["classes"] == ["car"]
     assert report.written == len(labels["labels"]) == len(extra) == 12  # not the URL image
     for uuid, target in labels["labels"].items():
@@ -182,9 +182,11 @@ def test_fiftyone_classification_dataset(gallery: Collection, tmp_path: Path) ->
     assert extra["0"]["tags"] == ["labeled"] and extra["0"]["lookalike_id"] == 0
     plain = gallery.export(tmp_path / "fo2", "fiftyone", id=0, k=3, link=True)
     assert plain.written == 3
-    assert set(json.loads((tmp_path / "fo2" / "labels.json").read_text())["labels"].values()) == {
-        None
-    }
+    assert set(
+        json.loads((tmp_path / "fo2" / "labels.json").read_text(encoding="utf-8"))[
+            "labels"
+        ].values()
+    ) == {None}
 
 
 def test_export_tags_what_it_wrote_so_the_next_search_skips_it(
@@ -192,17 +194,20 @@ def test_export_tags_what_it_wrote_so_the_next_search_skips_it(
 ) -> None:
     first = gallery.export(tmp_path / "b1.jsonl", id=0, k=5, tag="exported:batch-1")
     assert first.tagged == 5
-    batch1 = [json.loads(line)["id"] for line in (tmp_path / "b1.jsonl").open()]
+    batch1 = [json.loads(line)["id"] for line in (tmp_path / "b1.jsonl").open(encoding="utf-8")]
     second = gallery.export(
         tmp_path / "b2.jsonl", id=0, k=5, tag="exported:batch-2", exclude_tags=["exported:batch-1"]
     )
-    batch2 = [json.loads(line)["id"] for line in (tmp_path / "b2.jsonl").open()]
+    batch2 = [json.loads(line)["id"] for line in (tmp_path / "b2.jsonl").open(encoding="utf-8")]
     assert second.written == 5 and not set(batch1) & set(batch2)
     assert gallery.tag_counts() == {"exported:batch-1": 5, "exported:batch-2": 5}
     # the library function, over any hits
     hits = gallery.search(id=0, k=13, exclude_tags=["exported:batch-1", "exported:batch-2"])
     report = export(hits, "json", tmp_path / "h.json", collection=gallery, tag="exported:batch-3")
-    assert report.tagged == 2 and len(json.loads((tmp_path / "h.json").read_text())) == 2
+    assert (
+        report.tagged == 2
+        and len(json.loads((tmp_path / "h.json").read_text(encoding="utf-8"))) == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -232,14 +237,14 @@ def test_bad_exports_fail_before_writing(
 
 def test_unwritable_or_occupied_out(gallery: Collection, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
-    blocker.write_text("x")
+    blocker.write_text("x", encoding="utf-8")
     for fmt in FORMATS:
         options = {"base_url": "http://h"} if fmt == "label-studio" else {}
         with pytest.raises(BadInputError, match=r"cannot write the export|no such folder"):
             gallery.export(blocker / "out", fmt, id=0, k=2, **options)
     occupied = tmp_path / "occupied"
     occupied.mkdir()
-    (occupied / "keep.txt").write_text("mine")
+    (occupied / "keep.txt").write_text("mine", encoding="utf-8")
     for fmt in ("folder", "cvat", "fiftyone"):
         with pytest.raises(BadInputError, match="not an empty folder"):
             gallery.export(occupied, fmt, id=0, k=2)
@@ -270,7 +275,7 @@ def test_k_20000_streams_from_25000_vectors(tmp_path: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         seconds = time.perf_counter() - started
-    rows = [json.loads(line) for line in (tmp_path / "big.jsonl").open()]
+    rows = [json.loads(line) for line in (tmp_path / "big.jsonl").open(encoding="utf-8")]
     assert report.written == len(rows) == 20_000
     ids = [r["id"] for r in rows]
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

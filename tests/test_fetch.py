@@ -533,6 +533,7 @@ def test_compression_bomb_is_refused_before_inflating(server: Server) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        encoding="utf-8",
     )
     assert done.returncode == 0, done.stderr
     message, peak_kb = done.stdout.splitlines()
@@ -638,7 +639,8 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "leaf.ext").write_text(
         "subjectAltName=DNS:pinned.test\nbasicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n",
+        encoding="utf-8",
     )
     _openssl(
         "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"

@@ -73,6 +73,7 @@ def test_fiftyone_dataset_from_an_export_searched_through_lookalike(
             text=True,
             env=env,
             timeout=300,
+            encoding="utf-8",
         )
     assert run.returncode == 0, run.stderr[-3000:]
     line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))

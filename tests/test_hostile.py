@@ -528,7 +528,7 @@ def ingest_run(
     for i in range(3):
         (warmup / f"w{i}.png").write_bytes(encode(draw_image(900 + i, (40, 30))))
     script = root / "ingest.py"
-    script.write_text(INGEST_SCRIPT)
+    script.write_text(INGEST_SCRIPT, encoding="utf-8")
     spec, weights = tiny_clip
     args = {
         "col": str(root / "col"),
@@ -562,8 +562,8 @@ def ingested(ingest_run: IngestRun) -> Ingested:
     except subprocess.TimeoutExpired:
         ingest_run.process.kill()
         pytest.fail("ingesting the hostile corpus did not finish in 120 s")
-    assert code == 0, ingest_run.err.read_text(errors="replace")[-4000:]
-    return Ingested(ingest_run.expected, json.loads(ingest_run.out.read_text()))
+    assert code == 0, ingest_run.err.read_text(errors="replace", encoding="utf-8")[-4000:]
+    return Ingested(ingest_run.expected, json.loads(ingest_run.out.read_text(encoding="utf-8")))
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -796,7 +796,7 @@ FIRST_FRAME_ONLY = {
 def test_real_frame_sizes_bound_decoding_time_and_memory(name: str, tmp_path: Path) -> None:
     make = HIDDEN_BOMBS.get(name) or FIRST_FRAME_ONLY[name]
     (tmp_path / name).write_bytes(make())
-    (tmp_path / "decode.py").write_text(DECODE_SCRIPT)
+    (tmp_path / "decode.py").write_text(DECODE_SCRIPT, encoding="utf-8")
     run = subprocess.run(
         [sys.executable, str(tmp_path / "decode.py"), str(tmp_path / name)],
         capture_output=True,

@@ -226,7 +226,9 @@ def test_the_delta_seed_is_read_at_the_first_add_and_checked_by_verify(
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_opening_maps_the_vectors_a_rerank_reads(trained_once: Path) -> None:
     def mapped_file_kib() -> int:
-        return int(re.search(r"RssFile:\s+(\d+)", Path("/proc/self/status").read_text())[1])
+        return int(
+            re.search(r"RssFile:\s+(\d+)", Path("/proc/self/status").read_text(encoding="utf-8"))[1]
+        )
 
     before = mapped_file_kib()
     with Collection.open(trained_once) as collection:
@@ -342,12 +344,12 @@ def test_tuning_on_text_queries(tiny_clip, tmp_path: Path) -> None:
             collection.tune_index(stored[:2], texts=texts)
     runner = CliRunner()
     queries = tmp_path / "queries.txt"
-    queries.write_text("\n".join(texts) + "\n\n")
+    queries.write_text("\n".join(texts) + "\n\n", encoding="utf-8")
     result = runner.invoke(app, ["tune", str(path), "--texts", str(queries), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["recall_at_20"] >= 0.95
     result = runner.invoke(app, ["tune", str(path), "--target-recall", "0.8"])
     assert result.exit_code == 0 and "on the tuning queries (target 0.8)" in result.output
-    queries.write_text("\n \n")
+    queries.write_text("\n \n", encoding="utf-8")
     result = runner.invoke(app, ["tune", str(path), "--texts", str(queries)])
     assert result.exit_code == 2 and "holds no text queries" in result.output

@@ -141,7 +141,7 @@ def test_push_label_pull_and_the_next_search_skips_the_labeled(
     )  # fmt: skip
     assert pulled.exit_code == 0, pulled.output
     assert f"image {gone} was labeled but is no longer in the collection" in pulled.output
-    assert json.loads(marks_file.read_text()) == {
+    assert json.loads(marks_file.read_text(encoding="utf-8")) == {
         "relevant": police,
         "irrelevant": [other],
         "target": "police_car",

@@ -39,6 +39,7 @@ def group(pgid: int) -> dict[int, str]:
         text=True,
         check=True,
         timeout=10,
+        encoding="utf-8",
     ).stdout
     members = {}
     for line in listing.splitlines():
@@ -53,8 +54,12 @@ def wait_for(
 ) -> None:
     deadline = time.monotonic() + 90
     while not ready():
-        assert process.poll() is None, f"the CLI ended before {what}: {log.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, f"no {what} in 90 s: {log.read_text()[-2000:]}"
+        assert process.poll() is None, (
+            f"the CLI ended before {what}: {log.read_text(encoding='utf-8')[-2000:]}"
+        )
+        assert time.monotonic() < deadline, (
+            f"no {what} in 90 s: {log.read_text(encoding='utf-8')[-2000:]}"
+        )
         time.sleep(0.1)
 
 
@@ -86,7 +91,9 @@ def kill_and_check_group_ends(
     deadline = time.monotonic() + within
     while (left := group(process.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not left, f"alive {within} s after SIGKILL: {left}\n{log.read_text()[-2000:]}"
+    assert not left, (
+        f"alive {within} s after SIGKILL: {left}\n{log.read_text(encoding='utf-8')[-2000:]}"
+    )
 
 
 def stored_vectors(collection: Path) -> bool:
@@ -123,7 +130,7 @@ POOL_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("how", ["signal", "watchdog"])
 def test_pool_workers_end_with_their_parent(how: str, tmp_path: Path) -> None:
     script, log = tmp_path / "pool.py", tmp_path / "log"
-    script.write_text(POOL_SCRIPT)
+    script.write_text(POOL_SCRIPT, encoding="utf-8")
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [sys.executable, str(script), how],

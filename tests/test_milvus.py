@@ -210,7 +210,7 @@ def test_removes_adds_and_reopen_behave_the_same(
     # reopened from its folder: the manifest names the server; the same rows and answers
     milvus.backend.add_roots(["/data"])
     before = milvus.search(id=1, k=K)
-    manifest = json.loads((tmp_path / "milvus" / MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "milvus" / MANIFEST).read_text(encoding="utf-8"))
     assert manifest["backend"] == "milvus" and manifest["milvus"]["uri"] == milvus_uri
     milvus.close()
     again = Collection.open(tmp_path / "milvus")
@@ -311,6 +311,7 @@ def test_a_write_that_dies_before_its_commit_is_invisible_then_undone(
         capture_output=True,
         text=True,
         timeout=120,
+        encoding="utf-8",
     )
     assert died.returncode == 3, died.stderr
     col = Collection.open(tmp_path / "milvus")
@@ -360,7 +361,9 @@ def test_cli_index_and_the_server_answer_from_milvus(
         args += ["--workers", 0, "--runtime", "torch"]  # no ONNX export: faster
         result = CliRunner().invoke(cli_app, [*map(str, args), *extra])
         assert result.exit_code == 0, result.output
-    assert json.loads((cols["milvus"] / MANIFEST).read_text())["backend"] == "milvus"
+    assert (
+        json.loads((cols["milvus"] / MANIFEST).read_text(encoding="utf-8"))["backend"] == "milvus"
+    )
     opened = {name: Collection.open(path, runtime="torch") for name, path in cols.items()}
     answers: dict[str, Any] = {}
     for name, col in opened.items():

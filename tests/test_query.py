@@ -127,7 +127,7 @@ def test_no_import_cycles_inside_the_package() -> None:
         module = module.removesuffix(".__init__")
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
         graph[module] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 base = package
                 for _ in range(node.level - 1):
@@ -164,5 +164,5 @@ def test_no_import_cycles_inside_the_package() -> None:
 def test_tests_share_helpers_through_a_module_not_conftest() -> None:
     """Importing names from conftest is ambiguous once a folder has a conftest of its own."""
     tests, needle = Path(__file__).resolve().parent, "from " + "conftest import"
-    offenders = [p.name for p in tests.rglob("*.py") if needle in p.read_text()]
+    offenders = [p.name for p in tests.rglob("*.py") if needle in p.read_text(encoding="utf-8")]
     assert not offenders, offenders

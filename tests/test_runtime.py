@@ -146,11 +146,18 @@ def test_a_cached_tower_runs_without_torch(tiny_clip, tmp_path, monkeypatch) -> 
     for runtime in ("onnx", "openvino"):
         load_encoder(*tiny_clip, "cpu", runtime=runtime).encode_texts(["warm"])  # warm cache
         done = subprocess.run(
-            [sys.executable, "-c", script, runtime], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", script, runtime],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            encoding="utf-8",
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["32", "False", "False"], (runtime, done.stdout)
-    towers = {json.loads(p.read_text())["tower"] for p in tmp_path.glob("runtime/*/meta.json")}
+    towers = {
+        json.loads(p.read_text(encoding="utf-8"))["tower"]
+        for p in tmp_path.glob("runtime/*/meta.json")
+    }
     assert towers == {"text"}  # text queries never exported nor checked the image tower
 
 
@@ -231,7 +238,10 @@ def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
     first = load_encoder(*tiny_clip, "cpu", runtime="openvino")
     assert isinstance(first, openvino_runtime.OpenVinoEncoder) and first.runtime == "openvino"
     first.encode_texts(["a cat"])
-    checks = [json.loads(p.read_text()) for p in (tmp_path / "runtime").glob("*/meta.json")]
+    checks = [
+        json.loads(p.read_text(encoding="utf-8"))
+        for p in (tmp_path / "runtime").glob("*/meta.json")
+    ]
     # the float32 text export, ONNX Runtime's optimized copy is not made, the engine's check
     assert sorted(str(c.get("precision", c.get("variant"))) for c in checks) == sorted(
         ["onnx", f"openvino {first.precision}"]
@@ -252,7 +262,9 @@ def test_openvino_is_checked_once_and_refused_below_the_float32_bar(
 
 def _checks(cache: Path) -> list[dict]:
     """The engines' check entries in a cache: what ran and the cosine it measured."""
-    metas = [json.loads(p.read_text()) for p in (cache / "runtime").glob("*/meta.json")]
+    metas = [
+        json.loads(p.read_text(encoding="utf-8")) for p in (cache / "runtime").glob("*/meta.json")
+    ]
     return [m for m in metas if "agreement" in m and "precision" in m]
 
 

@@ -44,8 +44,8 @@ def test_folder_recursive_by_extension_and_content(col: Collection, tmp_path: Pa
         write_image(root / "photo_noext", 5),  # no extension: found by its first bytes
         write_image(root / "sub" / "scan.bin", 6, "TIFF"),  # wrong extension, image content
     ]
-    (root / "x.dat").write_text("just some text, not an image\n" * 10)
-    (root / "notes.md").write_text("# not an image\n")
+    (root / "x.dat").write_text("just some text, not an image\n" * 10, encoding="utf-8")
+    (root / "notes.md").write_text("# not an image\n", encoding="utf-8")
     write_image(root / ".hidden.png", 7)
     write_image(root / ".cache" / "thumb.png", 8)
     write_image(root / "sub" / ".git" / "icon.png", 9)
@@ -83,7 +83,8 @@ def test_list_file_with_relative_absolute_paths_urls_and_comments(
         f"   {absolute}   \n"
         "  # an indented comment\n"
         f"{base}/listed.png\n"
-        "imgs/missing.png\n"
+        "imgs/missing.png\n",
+        encoding="utf-8",
     )
     monkeypatch.chdir(tmp_path)  # relative entries are relative to the list, not the cwd
     report = col.add(listing)
@@ -113,7 +114,8 @@ def test_csv_manifest_metadata_and_relative_paths(
         "path,split,count,score,note\n"
         "img/one.png,train,3,0.5,first\n"
         "img/two.jpg,test,-12,1e3,\n"
-        f"{absolute},train,007,.25,has spaces here\n"
+        f"{absolute},train,007,.25,has spaces here\n",
+        encoding="utf-8",
     )
     workdir = tmp_path / "cwd"
     workdir.mkdir()
@@ -141,7 +143,7 @@ def test_csv_manifest_metadata_and_relative_paths(
 def test_tsv_manifest_with_other_locator_column_name(col: Collection, tmp_path: Path) -> None:
     write_image(tmp_path / "m" / "a.png", 31)
     manifest = tmp_path / "m" / "list.tsv"
-    manifest.write_text("Image_Path\tlabel\na.png\tcat\n")
+    manifest.write_text("Image_Path\tlabel\na.png\tcat\n", encoding="utf-8")
     assert col.add(manifest).added == 1
     assert list(stored(col).values()) == [{"label": "cat"}]
 
@@ -150,7 +152,7 @@ def test_csv_empty_cell_is_a_reported_failure(col: Collection, tmp_path: Path) -
     write_image(tmp_path / "m" / "a.png", 41)
     write_image(tmp_path / "m" / "b.png", 42)
     manifest = tmp_path / "m" / "labels.csv"
-    manifest.write_text("path,label\na.png,cat\n,dog\n  ,bird\nb.png,fish\n")
+    manifest.write_text("path,label\na.png,cat\n,dog\n  ,bird\nb.png,fish\n", encoding="utf-8")
     report = col.add(manifest)
     assert report.added == 2
     assert len(report.failed) == 2
@@ -165,7 +167,7 @@ def test_csv_empty_cell_is_a_reported_failure(col: Collection, tmp_path: Path) -
 def test_manifest_without_locator_column(col: Collection, tmp_path: Path, kind: str) -> None:
     manifest = tmp_path / f"labels.{kind}"
     if kind == "csv":
-        manifest.write_text("name,label\na.png,cat\n")
+        manifest.write_text("name,label\na.png,cat\n", encoding="utf-8")
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -262,7 +264,7 @@ def test_loopback_url_refused_without_allow_private(tiny_clip, tmp_path: Path, h
     served, base = http_root
     write_image(served / "private.png", 81)
     listing = tmp_path / "urls.txt"
-    listing.write_text(f"{base}/private.png\n")
+    listing.write_text(f"{base}/private.png\n", encoding="utf-8")
     with Collection.create(tmp_path / "col", spec, weights=weights) as col:
         report = col.add(listing)
         assert report.added == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
+import io
 import json
 import logging
 import sqlite3
@@ -1138,7 +1140,7 @@ def _recorded_model(collection: Path) -> str | None:
     from .layout import MANIFEST
 
     try:
-        recorded = json.loads((collection / MANIFEST).read_text()).get("model")
+        recorded = json.loads((collection / MANIFEST).read_text(encoding="utf-8")).get("model")
     except (OSError, ValueError, AttributeError):
         return None  # missing (a new collection) or unreadable: create/open says which
     return recorded if isinstance(recorded, str) else None
@@ -1165,6 +1167,7 @@ def _discard_if_empty(collection: Path) -> None:
 
 def main() -> None:
     """Entry point: run the app, turning lookalike errors into one clear line."""
+    _print_anything()
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     # exports and cache evictions take long or free space: say so
     logging.getLogger("lookalike.encoders").setLevel(logging.WARNING)
@@ -1179,6 +1182,15 @@ def main() -> None:
     except sqlite3.Error as error:
         err.print(f"[red]error:[/] the collection database failed: {escape(str(error))}")
         sys.exit(1)
+
+
+def _print_anything() -> None:
+    """Under an ASCII locale (``LC_ALL=C`` with ``PYTHONUTF8=0``) print "…" or an accented
+    path as an escape rather than fail on it."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        if codecs.lookup(encoding).name != "utf-8" and isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _os_error(error: OSError) -> str:

@@ -160,7 +160,7 @@ def labelstudio_pull(
         report = pull(col, studio, project, target)
     marks = {**report.marks(), "target": report.target}
     if save is not None:
-        save.write_text(json.dumps(marks, indent=1) + "\n")
+        save.write_text(json.dumps(marks, indent=1) + "\n", encoding="utf-8")
     for item_id in report.missing:
         _cli().err.print(f"warning: image {item_id} was labeled but is no longer in the collection")
     if as_json:

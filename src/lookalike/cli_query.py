@@ -204,7 +204,9 @@ def read_vector(value: str) -> list[float]:
 
     path = Path(value)
     if path.suffix in {".npy", ".json"} and path.is_file():
-        data = np.load(path) if path.suffix == ".npy" else json.loads(path.read_text())
+        data = (
+            np.load(path) if path.suffix == ".npy" else json.loads(path.read_text(encoding="utf-8"))
+        )
         return np.asarray(data, dtype=np.float32).ravel().tolist()
     try:
         return [float(x) for x in value.split(",")]

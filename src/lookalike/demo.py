@@ -73,7 +73,7 @@ def write_samples(folder: Path, per_kind: int = 8) -> Path:
                 rows.append(f"{name},{shape},{colour}")
                 seed += 1
     manifest = folder / "labels.csv"
-    manifest.write_text("\n".join(rows) + "\n")
+    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return manifest
 
 

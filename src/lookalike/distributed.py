@@ -224,7 +224,7 @@ def import_parquet(
 def _ray() -> Any:
     try:
         import ray
-        import ray.data
+        import ray.data  # noqa: F401  (a submodule `import ray` does not load)
     except ImportError as error:
         raise LookalikeError(RAY_MISSING) from error
     return ray

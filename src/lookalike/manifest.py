@@ -39,7 +39,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest of the collection at ``root``; CollectionError when there is none or it
     cannot be read or is of another format."""
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CollectionError(
             f"{root} is not a lookalike collection (no {MANIFEST}); "

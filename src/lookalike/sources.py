@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,15 @@ class SourceItem:
     data: bytes | None = field(default=None, repr=False, compare=False)  # a URL's body, fetched
 
 
+UNDECODED_NAME = (
+    f"the name is not {sys.getfilesystemencoding()} text, this process's file-name encoding: "
+    "run lookalike with PYTHONUTF8=1 or under a UTF-8 locale"
+)
+
+
 def iter_source(source: str | os.PathLike[str], *, sniff: bool = True) -> Iterator[SourceItem]:
     """Items of a folder (recursive), a list file, a CSV/Parquet manifest, an image or a URL."""
-    text = os.fspath(source)
+    text = _text(os.fspath(source))
     if is_url(text):
         yield SourceItem(text)
         return
@@ -58,7 +65,7 @@ def iter_source(source: str | os.PathLike[str], *, sniff: bool = True) -> Iterat
 
 def source_roots(source: str | os.PathLike[str]) -> list[str]:
     """Folders whose files a source may name: the collection may serve files under them."""
-    text = os.fspath(source)
+    text = _text(os.fspath(source))
     if is_url(text):
         return []
     path = Path(text).expanduser().resolve()
@@ -146,7 +153,29 @@ def _locate(entry: str, base: Path, metadata: dict[str, Any]) -> SourceItem:
     return _file_item((base / path).resolve() if not path.is_absolute() else path, metadata)
 
 
+def _text(name: str) -> str:
+    """``name`` if it is text; an error if this process's locale could not decode it."""
+    if _is_text(name):
+        return name
+    raise BadInputError(f"{_readable(name)}: {UNDECODED_NAME}")
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates: bytes the file-system encoding could not decode
+        return False
+    return True
+
+
+def _readable(name: str) -> str:
+    """A name with undecoded bytes, shown as UTF-8 where they are (the usual case)."""
+    return os.fsencode(name).decode("utf-8", errors="backslashreplace")
+
+
 def _file_item(path: Path, metadata: dict[str, Any] | None = None) -> SourceItem:
+    if not _is_text(str(path)):  # it could be opened, but not stored, served or exported
+        return SourceItem(_readable(str(path)), metadata or {}, error=UNDECODED_NAME)
     try:
         stat = path.stat()
     except OSError as error:

@@ -348,7 +348,7 @@ class VectorShards:
 def _flock(directory: Path, timeout: float) -> Any:
     """The collection's ``write.lock`` file, locked exclusively; None if another writer held it
     for ``timeout`` seconds."""
-    handle = open(directory / "write.lock", "a+")  # noqa: SIM115 - held by the caller
+    handle = open(directory / "write.lock", "a+", encoding="utf-8")  # noqa: SIM115 - held by the caller
     deadline = time.monotonic() + timeout
     while True:
         try:

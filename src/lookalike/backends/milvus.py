@@ -360,7 +360,7 @@ class MilvusBackend:
             if stamp == self._state_stamp:
                 return
             try:
-                state = json.loads(target.read_text())
+                state = json.loads(target.read_text(encoding="utf-8"))
             except (OSError, ValueError) as error:
                 raise CollectionError(f"cannot read {target}: {error}") from error
             self._state, self._state_stamp = {**self._new_state(), **state}, stamp
@@ -896,14 +896,15 @@ def _server(server_class: Any, config_class: Any, base: Path) -> Any:
     etcd's included, which the stock config leaves at 2379/2380) a free one."""
     base.mkdir(parents=True, exist_ok=True)
     client, peer = _free_port(), _free_port()
-    (base / "etcd.yaml").write_text(ETCD_CONFIG.format(client=client, peer=peer))
+    (base / "etcd.yaml").write_text(ETCD_CONFIG.format(client=client, peer=peer), encoding="utf-8")
     stock = config_class()
-    template = Path(stock.template_file).read_text()
+    template = Path(stock.template_file).read_text(encoding="utf-8")
     embed = "  use:\n    embed: true"
     if embed not in template:
         raise CollectionError("this milvus package's config template is not the known one")
     (base / "milvus.yaml.template").write_text(
-        template.replace(embed, f"  config:\n    path: {base / 'etcd.yaml'}\n{embed}")
+        template.replace(embed, f"  config:\n    path: {base / 'etcd.yaml'}\n{embed}"),
+        encoding="utf-8",
     )
     ports = {key: _free_port() for key in stock.configurable_items if key.endswith("_port")}
     config = config_class(template=str(base / "milvus.yaml.template"), **ports)

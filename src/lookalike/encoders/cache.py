@@ -81,7 +81,7 @@ def file_digest(path: Path) -> str:
         / cache_key({"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
     )
     with contextlib.suppress(OSError):
-        known = seen.read_text().strip()
+        known = seen.read_text(encoding="utf-8").strip()
         if len(known) == 64:
             return known
     digest = hashlib.sha256()
@@ -92,7 +92,7 @@ def file_digest(path: Path) -> str:
     with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
         seen.parent.mkdir(parents=True, exist_ok=True)
         tmp = seen.with_name(f".{seen.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(text + "\n")
+        tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, seen)
     return text
 
@@ -193,7 +193,7 @@ def clear(older_than_s: float | None = None) -> list[Entry]:
 def _describe(folder: Path) -> str:
     """A short label of an entry from its metadata: model spec, part and variant."""
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "?"
     if not isinstance(meta, dict):

@@ -159,7 +159,7 @@ class Int8Encoder(OnnxEncoder):
             "files": {},
         }
         (folder / COMPILED).mkdir()
-        (folder / META).write_text(json.dumps(result, indent=2) + "\n")
+        (folder / META).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 def _engine_versions(engine: str) -> dict[str, str]:

@@ -153,13 +153,13 @@ class ModelFiles:
             seconds=round(time.monotonic() - started, 1),
             files={p.name: p.stat().st_size for p in folder.iterdir()},
         )
-        (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+        (folder / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:
     """An entry's metadata if the entry is whole (every listed file at its size), else None."""
     try:
-        meta = json.loads((folder / META).read_text())
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
         if all((folder / n).stat().st_size == size for n, size in meta["files"].items()):
             return meta
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -374,7 +374,7 @@ def _quantize(source: Path, folder: Path, tower: str) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    meta = json.loads((source / META).read_text())
+    meta = json.loads((source / META).read_text(encoding="utf-8"))
     feed = (
         probe_images(int(meta["image_size"]))
         if tower == "image"
@@ -450,7 +450,7 @@ def _quantize_static(source: Path, folder: Path, tower: str) -> dict[str, Any]:
         quantize_static,
     )
 
-    meta = json.loads((source / META).read_text())
+    meta = json.loads((source / META).read_text(encoding="utf-8"))
     batches = calibration_feed(source, meta, tower)
     input_name = "pixels" if tower == "image" else "tokens"
 
@@ -554,7 +554,7 @@ def optimized_runner(path: Path, threads: int | None, providers: list[str]) -> R
             "variant": f"{source.get('variant')} optimized by onnxruntime {ort.__version__}",
             "files": {path.name: (folder / path.name).stat().st_size},
         }
-        (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+        (folder / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     try:
         optimized = build_once(key, build) / path.name

@@ -115,7 +115,7 @@ class OpenVinoEncoder(OnnxEncoder):
             "files": {},
         }
         (folder / COMPILED).mkdir()
-        (folder / META).write_text(json.dumps(result, indent=2) + "\n")
+        (folder / META).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 def ov_runner(

@@ -20,7 +20,7 @@ def physical_cores() -> int:
     try:
         cores: set[tuple[str, str]] = set()
         package = ""
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             key, _, value = (part.strip() for part in line.partition(":"))
             if key == "physical id":
                 package = value
@@ -44,7 +44,7 @@ def cpu_flags() -> frozenset[str]:
     if configured is not None:
         return frozenset(configured.replace(",", " ").lower().split())
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "flags":
                 return frozenset(value.split())

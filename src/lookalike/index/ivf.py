@@ -110,7 +110,9 @@ class IvfIndex:
 
         self.directory = directory / INDEX_DIR
         self.vectors = vectors
-        self.params = IvfParams(**json.loads((self.directory / PARAMS_FILE).read_text()))
+        self.params = IvfParams(
+            **json.loads((self.directory / PARAMS_FILE).read_text(encoding="utf-8"))
+        )
         self.base = faiss.read_index(
             str(self.directory / self.params.file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
         )
@@ -408,7 +410,9 @@ def tune_ivf(
     file was written are not in it; :meth:`IvfIndex.save` them first."""
     import faiss
 
-    params = IvfParams(**json.loads((directory / INDEX_DIR / PARAMS_FILE).read_text()))
+    params = IvfParams(
+        **json.loads((directory / INDEX_DIR / PARAMS_FILE).read_text(encoding="utf-8"))
+    )
     index = faiss.read_index(str(directory / INDEX_DIR / params.file))
     count = min(count, params.indexed_count)
     # the ids the index was trained on are not recorded: at most a few percent of a large
@@ -434,7 +438,7 @@ def tune_ivf(
     )
     write_atomic(
         directory / INDEX_DIR / PARAMS_FILE,
-        lambda tmp: tmp.write_text(json.dumps(asdict(tuned), indent=2) + "\n"),
+        lambda tmp: tmp.write_text(json.dumps(asdict(tuned), indent=2) + "\n", encoding="utf-8"),
     )
     return tuned
 
@@ -528,7 +532,7 @@ def _save(directory: Path, index: object, params: IvfParams, empty: object = Non
     write_atomic(directory / params.file, lambda tmp: faiss.write_index(index, str(tmp)))
     write_atomic(
         directory / PARAMS_FILE,
-        lambda tmp: tmp.write_text(json.dumps(asdict(params), indent=2) + "\n"),
+        lambda tmp: tmp.write_text(json.dumps(asdict(params), indent=2) + "\n", encoding="utf-8"),
     )
     keep = {params.file, EMPTY_FILE, f"{params.codes}.codec", f"{params.codes}.codes"}
     for old in [*directory.glob("ivf-*.faiss"), *directory.glob("rerank-*")]:
