@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,9 +283,9 @@ def lookalike_one(handle: Any, setting: Setting, query: np.ndarray) -> np.ndarra
 
 
 def lookalike_batch(handle: Any, setting: Setting, queries: np.ndarray) -> np.ndarray:
-    # the public API searches one query at a time: a batch is one search per core at once
-    with ThreadPoolExecutor(CORES) as pool:
-        return np.stack(list(pool.map(lambda q: lookalike_one(handle, setting, q), queries)))
+    collection, row_of = handle
+    found = collection.search_many([{"vector": q} for q in queries], k=K)
+    return np.stack([padded(row_of([hit.id for hit in hits])) for hits in found])
 
 
 # Faiss HNSW, built by hand ------------------------------------------------------------

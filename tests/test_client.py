@@ -208,6 +208,27 @@ def test_search_by_query_parts_matches_the_library(client: Client, server: Serve
     assert [h.score for h in hits] == pytest.approx([h.score for h in local], abs=1e-5)
 
 
+def test_search_many_answers_as_the_searches_one_at_a_time(client: Client, server: Server) -> None:
+    queries: list[Any] = [
+        {"text": "a red circle"},
+        {"image": server.paths[6], "k": 2},
+        {"id": server.ids[3]},
+        Query.build(vector=server.vectors[7], k=1),
+    ]
+    found = client.search_many("photos", queries, k=3)
+    assert [len(hits) for hits in found] == [3, 2, 3, 1]
+    alone = [
+        client.search("photos", q)
+        if isinstance(q, Query)
+        else client.search("photos", **{"k": 3, **q})
+        for q in queries
+    ]
+    assert found == alone
+    assert found[3][0].id == server.ids[7]
+    with pytest.raises(APIError, match="on its own"):
+        client.search_many("photos", [{"url": "http://127.0.0.1:1/a.png"}])
+
+
 def test_get(client: Client, server: Server) -> None:
     item = client.get("photos", server.ids[8])
     assert isinstance(item, Item)
@@ -260,6 +281,10 @@ def test_collection_handle_mirrors_the_library(
         assert all(isinstance(h, Hit) for h in hits)
         query = Query.build(text="a red circle", k=3, exclude_ids=[a])
         assert [h.id for h in photos.search(query)] == [h.id for h in col.search(query)]
+        batch = [query, {"id": a, "k": 2}]
+        assert [[h.id for h in hits] for hits in photos.search_many(batch)] == [
+            [h.id for h in hits] for hits in col.search_many(batch)
+        ]
     assert photos.get(a) == client.get("photos", a)
     added = tmp_path / "handle.png"
     added.write_bytes(encode(draw_image(700, (40, 30))))
@@ -358,8 +383,10 @@ def test_async_client(server: Server, tmp_path: Path) -> None:
                 client.search("photos", image=server.paths[9], k=1),
                 client.search("photos", id=server.ids[9], k=3, include_self=True),
                 client.search("photos", vector=server.vectors[10].tolist(), k=1),
+                client.search_many("photos", [{"id": server.ids[9]}], k=3, include_self=True),
             )
-            by_text, by_image, by_id, by_vector = many
+            by_text, by_image, by_id, by_vector, batched = many
+            assert batched == [by_id]
             assert len(by_text) == 4 and by_text[0].url.startswith(server.url)  # type: ignore[union-attr]
             assert by_image[0].id == server.ids[9] == by_id[0].id
             assert by_vector[0].id == server.ids[10]

@@ -131,6 +131,15 @@ def test_searches_agree_with_the_embedded_backend(
     _agree(milvus.search(**options), embedded.search(**options))
 
 
+def test_a_batch_of_searches_agrees_with_the_embedded_backend(
+    pair: tuple[Collection, Collection],
+) -> None:
+    milvus, embedded = pair
+    found = milvus.search_many(SEARCHES, k=K)
+    for options, hits in zip(SEARCHES, found, strict=True):
+        _agree(hits, embedded.search(**{"k": K, **options}))
+
+
 def test_vector_queries_agree_and_hits_carry_the_rows(pair: tuple[Collection, Collection]) -> None:
     milvus, embedded = pair
     for query in _vectors(10, seed=99):

@@ -804,6 +804,9 @@ def serve(
         typer.Option(help="Allow browser calls from this origin (repeatable; default: CORS off)."),
     ] = None,
     max_k: Annotated[int, typer.Option(help="Largest k a request may ask for.")] = 1000,
+    max_batch: Annotated[
+        int, typer.Option(help="Most searches one /search/batch request may hold.")
+    ] = 100,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 32,
     rate_limit: Annotated[
         int, typer.Option(help="Requests per minute per client address (0: no limit).")
@@ -893,6 +896,7 @@ def serve(
         api_keys=tuple(api_key or ()),
         cors_origins=tuple(cors_origin or ()),
         max_k=max_k,
+        max_batch=max_batch,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         rate_limit_per_minute=rate_limit,
         show_paths=is_local_host(host) if show_paths is None else show_paths,

@@ -21,7 +21,7 @@ import httpx
 
 from ._version import __version__
 from .errors import LookalikeError
-from .query import Query, image_bytes
+from .query import Query, batch_queries, image_bytes
 from .types import DuplicateGroup, Hit, IngestReport, Item, MatchCount
 
 DEFAULT_TIMEOUT = 30.0
@@ -54,17 +54,22 @@ def _absolute(base: httpx.URL, url: str | None) -> str | None:
 
 
 def _hits(base: httpx.URL, payload: dict[str, Any]) -> list[Hit]:
-    return [
-        Hit(
-            id=r["id"],
-            score=r["score"],
-            url=_absolute(base, r.get("url")),
-            width=r["width"],
-            height=r["height"],
-            metadata=r.get("metadata") or {},
-        )
-        for r in payload["results"]
-    ]
+    return [_hit(base, r) for r in payload["results"]]
+
+
+def _hit_lists(base: httpx.URL, payload: dict[str, Any]) -> list[list[Hit]]:
+    return [[_hit(base, r) for r in hits] for hits in payload["results"]]
+
+
+def _hit(base: httpx.URL, r: dict[str, Any]) -> Hit:
+    return Hit(
+        id=r["id"],
+        score=r["score"],
+        url=_absolute(base, r.get("url")),
+        width=r["width"],
+        height=r["height"],
+        metadata=r.get("metadata") or {},
+    )
 
 
 def _item(base: httpx.URL, payload: dict[str, Any]) -> Item:
@@ -117,6 +122,14 @@ class _Call(Generic[T]):
 def _search(collection: str, query: Any, options: dict[str, Any]) -> _Call[list[Hit]]:
     body = Query.build(query, **options).to_json()
     return _Call("POST", f"/v1/collections/{collection}/search", _hits, {"json": body})
+
+
+def _search_many(
+    collection: str, queries: Iterable[Any], options: dict[str, Any]
+) -> _Call[list[list[Hit]]]:
+    searches = [query.to_json() for query in batch_queries(queries, options)]
+    path = f"/v1/collections/{collection}/search/batch"
+    return _Call("POST", path, _hit_lists, {"json": {"searches": searches}})
 
 
 def _count(
@@ -285,6 +298,14 @@ class Client(_BaseClient[httpx.Client]):
         list, ``vector=``, ``query=`` parts, ``k``, ``filter``, ``exclude_ids``, ...)."""
         return self._run(_search(collection, query, options))
 
+    def search_many(
+        self, collection: str, queries: Iterable[Any], **options: Any
+    ) -> list[list[Hit]]:
+        """Several searches in one request (see ``Collection.search_many``): each a
+        :class:`~lookalike.Query` or a mapping of :meth:`search`'s arguments, ``options``
+        filling in what a mapping leaves out. URL queries are searched one at a time."""
+        return self._run(_search_many(collection, queries, options))
+
     def count(
         self, collection: str, query: Any = None, *, min_score: float, **options: Any
     ) -> MatchCount:
@@ -398,6 +419,12 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         """Search a collection (see :meth:`Client.search`)."""
         return await self._run(_search(collection, query, options))
 
+    async def search_many(
+        self, collection: str, queries: Iterable[Any], **options: Any
+    ) -> list[list[Hit]]:
+        """Several searches in one request (see :meth:`Client.search_many`)."""
+        return await self._run(_search_many(collection, queries, options))
+
     async def count(
         self, collection: str, query: Any = None, *, min_score: float, **options: Any
     ) -> MatchCount:
@@ -468,6 +495,10 @@ class RemoteCollection:
         """See ``Collection.search``."""
         return self.client.search(self.name, query, **options)
 
+    def search_many(self, queries: Iterable[Any], **options: Any) -> list[list[Hit]]:
+        """See ``Collection.search_many``."""
+        return self.client.search_many(self.name, queries, **options)
+
     def count(self, query: Any = None, *, min_score: float, **options: Any) -> MatchCount:
         """See ``Collection.count``."""
         return self.client.count(self.name, query, min_score=min_score, **options)
@@ -526,6 +557,10 @@ class AsyncRemoteCollection:
     async def search(self, query: Any = None, **options: Any) -> list[Hit]:
         """See ``Collection.search``."""
         return await self.client.search(self.name, query, **options)
+
+    async def search_many(self, queries: Iterable[Any], **options: Any) -> list[list[Hit]]:
+        """See ``Collection.search_many``."""
+        return await self.client.search_many(self.name, queries, **options)
 
     async def count(self, query: Any = None, *, min_score: float, **options: Any) -> MatchCount:
         """See ``Collection.count``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ from .imaging import ImageLimits, decode_image, to_model_input
 from .layout import MANIFEST, UPLOADS_DIR
 from .manifest import FORMAT_VERSION, new_manifest, read_manifest, write_manifest
 from .prepare import content_hash
-from .query import Query, QueryPart
+from .query import Query, QueryPart, batch_queries
 from .results import combine, dedupe, hit_of, item_of, unit_vector
 from .tags import Tagging
 from .types import DuplicateGroup, Hit, Item, MatchCount, Stats
@@ -267,17 +268,67 @@ class Collection(ImageAdding, Tagging, Exporting):
         these marks (relevance feedback), and leave the marked ids out; ``diverse`` (0-1)
         trades relevance for variety among the results (see :mod:`lookalike.curation`).
         """
-        query = Query.build(query, **options)
-        depth = curation.pool_depth(query.k, bool(query.dedupe), query.diverse)
-        search = self._restricted_search(query)
-        found = curation.ranked(self._scorer(query), query.k, depth, search, self.backend.vectors)
+        return self.search_many([Query.build(query, **options)])[0]
+
+    def search_many(
+        self, queries: Iterable[Query | Mapping[str, Any]], **options: Any
+    ) -> list[list[Hit]]:
+        """The results of several searches, in their order. Each is a
+        :class:`~lookalike.query.Query` (taken as it is) or a mapping of :meth:`search`'s
+        arguments, to which ``options`` (``k=``, ``filter=``, ...) add those it does not set.
+
+        Similarity searches that share their restrictions (filter, tags, excluded ids) and
+        their k go through the index in one batched call, and every result's rows are read
+        at once: a batch costs far less than as many :meth:`search` calls, and answers the
+        same.
+        """
+        built = batch_queries(queries, options)
+        ranked = self._ranked(built)
+        found = [self._picked(query, pool) for query, pool in zip(built, ranked, strict=True)]
+        rows = self.backend.rows(sorted({i for hits in found for i, _ in hits}))
+        return [[hit_of(rows[i], score) for i, score in hits] for hits in found]
+
+    def _ranked(self, queries: list[Query]) -> list[list[tuple[int, float]]]:
+        """Each query's pool of (id, score), best first, before dedupe and diversity.
+
+        Cosine queries sharing their restrictions and depth search together, so a batch
+        answers as its queries one at a time. The ids a query searches by are dropped from
+        its own results after the search (asking that many more), not masked in it: "more
+        like this" queries batch too, and none builds a mask of every id."""
+        pools: list[list[tuple[int, float]]] = [[] for _ in queries]
+        together: dict[str, list[int]] = {}
+        for n, query in enumerate(queries):
+            if query.relevant or query.irrelevant:  # a fitted scorer ranks a pool of its own
+                search, scorer = self._restricted_search(query), self._scorer(query)
+                depth = _pool_depth(query)
+                pools[n] = curation.ranked(scorer, query.k, depth, search, self.backend.vectors)
+            else:  # the same restrictions and depth: what one batched search must share
+                shared = [self._restrictions(query, own_ids=False), _searched_depth(query)]
+                together.setdefault(json.dumps(shared, sort_keys=True, default=repr), []).append(n)
+        for members in together.values():
+            first = queries[members[0]]
+            vectors = np.stack([self._query_vector(queries[n]) for n in members])
+            restrictions = self._restrictions(first, own_ids=False)
+            scores, ids = self.backend.search(
+                vectors.astype(np.float32), _searched_depth(first), **restrictions
+            )
+            for row, n in enumerate(members):
+                own = set(queries[n].query_ids)
+                pool = [
+                    (int(i), float(s))
+                    for i, s in zip(ids[row], scores[row], strict=True)
+                    if i >= 0 and int(i) not in own
+                ]
+                pools[n] = pool[: _pool_depth(queries[n])]
+        return pools
+
+    def _picked(self, query: Query, found: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The k results of a ranked pool: near-duplicates dropped, then diversified."""
         if query.dedupe:
             found = dedupe(found, query.dedupe, self.backend.vectors, len(found))
         if query.diverse:
             found = curation.diversify(found, self.backend.vectors, query.k, query.diverse)
-        found = found[: query.k]
-        rows = self.backend.rows([i for i, _ in found])
-        return [hit_of(rows[i], score) for i, score in found]
+        return found[: query.k]
 
     def count(
         self,
@@ -310,10 +361,11 @@ class Collection(ImageAdding, Tagging, Exporting):
             scorer, allowed, self.backend.vectors, float(min_score), exact_limit, sample_size
         )
 
-    def _restrictions(self, query: Query) -> dict[str, Any]:
+    def _restrictions(self, query: Query, *, own_ids: bool = True) -> dict[str, Any]:
         """Which rows a query's results may hold, as ``Backend.search`` takes it: its filter,
-        and its exclusions, query ids and marked ids left out."""
-        left_out = [*query.exclude_ids, *query.query_ids, *query.relevant, *query.irrelevant]
+        and its exclusions, marked ids and (with ``own_ids``) the ids it searches by left out."""
+        own = query.query_ids if own_ids else []
+        left_out = [*query.exclude_ids, *own, *query.relevant, *query.irrelevant]
         return {
             "filter": query.filter,
             "exclude_ids": left_out,
@@ -427,6 +479,15 @@ class Collection(ImageAdding, Tagging, Exporting):
     def roots(self) -> list[str]:
         """Folders the collection's files were indexed from (plus its uploads)."""
         return [*self.backend.roots(), str((self.path / UPLOADS_DIR).resolve())]
+
+
+def _pool_depth(query: Query) -> int:
+    return curation.pool_depth(query.k, bool(query.dedupe), query.diverse)
+
+
+def _searched_depth(query: Query) -> int:
+    """How deep to search for a pool once the ids searched by are dropped from it."""
+    return _pool_depth(query) + len(set(query.query_ids))
 
 
 def _is_score(value: Any) -> bool:

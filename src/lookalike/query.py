@@ -182,6 +182,25 @@ OPTIONS = frozenset(f.name for f in fields(Query)) - {"parts"}
 ID_LISTS = ("exclude_ids", "relevant", "irrelevant")
 
 
+def batch_queries(
+    queries: Iterable[Query | Mapping[str, Any]], options: Mapping[str, Any]
+) -> list[Query]:
+    """The queries of a batch: a :class:`Query` as it is, a mapping of ``Collection.search``'s
+    arguments with ``options`` filling in what it leaves out."""
+    built = []
+    for query in queries:
+        if isinstance(query, Query):
+            built.append(query)
+        elif isinstance(query, Mapping):
+            built.append(Query.build(**{**options, **query}))
+        else:
+            raise InvalidQueryError(
+                "each query of a batch is a Query or a mapping of search arguments, "
+                f"not {type(query).__name__}"
+            )
+    return built
+
+
 def parse_parts(
     query: Iterable[Mapping[str, Any] | QueryPart] | None = None,
     *,

@@ -314,3 +314,48 @@ def test_search_by_multipart_upload(api: TestClient, shared: Shared) -> None:
         SEARCH, files={"image": ("q.png", shared.data(6), "image/png")}, data={"filter": "{"}
     )
     assert_error(api, bad_filter, 400, "bad_input")
+
+
+# --- a batch of searches -----------------------------------------------------------------------
+
+BATCH = "/v1/collections/photos/search/batch"
+
+
+def test_a_batch_answers_as_its_searches_one_at_a_time(api: TestClient, shared: Shared) -> None:
+    searches: list[dict[str, Any]] = [
+        {"text": "a red circle", "k": 3},
+        {"id": shared.ids[0]},
+        {"query": [{"id": shared.ids[1]}, {"id": shared.ids[2]}], "filter": {"split": "test"}},
+        {"image": b64(shared.data(4)), "dedupe": 0.99, "k": 5},
+        {"vector": shared.col.vectors([shared.ids[5]])[0].tolist(), "exclude_ids": [shared.ids[5]]},
+        {"relevant": [shared.ids[6], shared.ids[7]], "k": 4},
+    ]
+    response = api.post(BATCH, json={"searches": searches})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"results", "took_ms", "model"} and body["model"] == shared.col.model
+    for search_body, results in zip(searches, body["results"], strict=True):
+        assert results == search(api, **search_body)
+        assert all(set(hit) == HIT_KEYS for hit in results)
+    assert [len(r) for r in body["results"]] == [3, 20, 14, 5, 20, 4]
+
+
+def test_a_batch_is_bounded_and_names_the_bad_search(api: TestClient, shared: Shared) -> None:
+    bad = api.post(BATCH, json={"searches": [{"id": 0}, {"id": 0, "k": 0}]})
+    assert "searches[1]" in assert_error(api, bad, 422)["message"]
+    for body in ({"searches": []}, {"searches": {"id": 0}}, [{"id": 0}], {"searches": [], "k": 3}):
+        assert_error(api, api.post(BATCH, json=body), 422 if body != {"searches": []} else 400)
+    url = api.post(BATCH, json={"searches": [{"url": "http://127.0.0.1:1/x.png"}]})
+    assert "on its own" in assert_error(api, url, 422)["message"]
+    with app_with(shared, max_batch=2) as small:
+        many = small.post(BATCH, json={"searches": [{"id": 0}] * 3})
+        assert "1 to 2 searches" in assert_error(small, many, 400)["message"]
+        assert small.post(BATCH, json={"searches": [{"id": 0}] * 2}).status_code == 200
+
+
+def test_the_batch_route_is_in_the_spec(api: TestClient) -> None:
+    spec = api.get("/openapi.json").json()
+    operation = spec["paths"]["/v1/collections/{name}/search/batch"]["post"]
+    content = operation["requestBody"]["content"]["application/json"]
+    assert content["schema"] == {"$ref": "#/components/schemas/SearchBatchBody"}
+    assert "SearchBatchBody" in spec["components"]["schemas"]

@@ -57,6 +57,8 @@ from .schemas import (
     ItemBody,
     KnnServiceBody,
     MetadataBody,
+    SearchBatchBody,
+    SearchBatchResponse,
     SearchBody,
     SearchResponse,
 )
@@ -168,6 +170,28 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
             SearchResponse,
             {
                 "results": [_hit_json(name, h, roots) for h in hits],
+                "took_ms": round((time.perf_counter() - started) * 1000, 3),
+                "model": collection.model,
+            },
+        )
+
+    @api.post(
+        "/v1/collections/{name}/search/batch",
+        response_model=SearchBatchResponse,
+        openapi_extra={"requestBody": _SEARCH_BATCH_REQUEST_BODY},
+    )
+    async def search_batch(name: str, request: Request) -> Response:
+        """Several searches (JSON bodies, no URLs) in one request and one batched pass
+        through the index; their results in the order of the searches."""
+        collection = served[name]
+        queries = served.queries(await read_json(request))
+        started = time.perf_counter()
+        found = await run_in_threadpool(collection.search_many, queries)
+        roots = served.path_roots(name)
+        return _json_answer(
+            SearchBatchResponse,
+            {
+                "results": [[_hit_json(name, h, roots) for h in hits] for hits in found],
                 "took_ms": round((time.perf_counter() - started) * 1000, 3),
                 "model": collection.model,
             },
@@ -461,6 +485,10 @@ _SEARCH_REQUEST_BODY = {
         },
     },
 }
+_SEARCH_BATCH_REQUEST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchBatchBody"}}},
+}
 _COUNT_REQUEST_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountBody"}}},
@@ -499,6 +527,7 @@ def _document_bodies(app: FastAPI, names: list[str]) -> None:
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             for model in (
                 SearchBody,
+                SearchBatchBody,
                 CountBody,
                 AddUrlsBody,
                 KnnServiceBody,

@@ -87,6 +87,14 @@ class SearchBody(QueryKinds):
     )
 
 
+class SearchBatchBody(BaseModel):
+    """Several searches in one request, answered in their order."""
+
+    searches: list[SearchBody] = Field(
+        ..., min_length=1, description="search bodies (at most the server's max_batch, 100)"
+    )
+
+
 class CountBody(SearchBody):
     """A count: a search body (``k``, ``dedupe`` and ``diverse`` are ignored) and the least
     score that counts."""
@@ -125,6 +133,14 @@ class SearchResponse(BaseModel):
     """Results, best first."""
 
     results: list[HitBody]
+    took_ms: float
+    model: str
+
+
+class SearchBatchResponse(BaseModel):
+    """Each search's results, best first, in the order of the searches."""
+
+    results: list[list[HitBody]]
     took_ms: float
     model: str
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..collection import Collection
-from ..errors import BadInputError, InvalidQueryError, NotFoundError
+from ..errors import BadInputError, InvalidQueryError, LookalikeError, NotFoundError
 from ..query import Query
 from .fetching import FetchWork
 from .settings import ServerSettings
@@ -37,6 +37,26 @@ class Served:
         if isinstance(k, int) and not isinstance(k, bool) and k > settings.max_k:
             raise BadInputError(f"k must be at most {settings.max_k} on this server")
         return Query.build(**parts, **body) if parts else Query.from_json(body)
+
+    def queries(self, body: Any) -> list[Query]:
+        """The searches of a batch body, ``{"searches": [search bodies]}``; a batch fetches no
+        URL (fetching is bounded work a request at a time)."""
+        searches = body.get("searches") if isinstance(body, Mapping) else None
+        if not isinstance(searches, list) or set(body) != {"searches"}:
+            raise InvalidQueryError('a batch body is {"searches": [search bodies]}')
+        if not 1 <= len(searches) <= self.settings.max_batch:
+            raise BadInputError(
+                f"a batch holds 1 to {self.settings.max_batch} searches (got {len(searches)})"
+            )
+        queries = []
+        for n, search in enumerate(searches):
+            try:
+                queries.append(self.query(search))
+            except LookalikeError as error:
+                raise type(error)(f"searches[{n}]: {error}") from None
+            if queries[-1].fetches:
+                raise InvalidQueryError(f"searches[{n}]: search a URL on its own, not in a batch")
+        return queries
 
     def path_roots(self, name: str) -> list[str] | None:
         """The folders that hits' paths are shown relative to; None where paths are hidden."""

@@ -18,6 +18,7 @@ class ServerSettings:
     """Limits, keys and exposure of one server."""
 
     max_k: int = 1000
+    max_batch: int = 100  # searches one batch request may hold
     max_body_bytes: int = 32 * 1024 * 1024
     api_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()  # none: CORS off
@@ -42,6 +43,9 @@ class ServerSettings:
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "max_connections"):
             if not getattr(self, name) > 0:  # 0 or NaN would close every connection at once
                 raise BadInputError(f"{name} must be positive, not {getattr(self, name)}")
+        batch = self.max_batch
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise BadInputError(f"max_batch must be a positive integer, not {self.max_batch!r}")
         if self.public_url is not None and not self.public_url.lower().startswith(
             ("http://", "https://")
         ):
