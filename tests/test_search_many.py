@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lookalike import Collection, InvalidQueryError, Query
+from lookalike.collection import QUERIES_AT_ONCE
 
 DIM = 24
 N = 3_000
@@ -77,8 +78,10 @@ def test_a_batch_answers_as_one_search_at_a_time(collection: Collection) -> None
 
 
 def test_ids_searched_by_are_left_out_yet_k_come_back(collection: Collection) -> None:
-    # the query's own id is its best match: searched together, each still gets k others
-    found = collection.search_many([{"id": i, "k": 5} for i in range(50)])
+    # the query's own id is its best match: searched together, each still gets k others;
+    # past QUERIES_AT_ONCE queries, the batch goes in parts that answer the same
+    found = collection.search_many([{"id": i, "k": 5} for i in range(QUERIES_AT_ONCE + 20)])
+    assert len(found) == QUERIES_AT_ONCE + 20
     for i, hits in enumerate(found):
         assert len(hits) == 5 and i not in [h.id for h in hits]
         _same(hits, collection.search(id=i, k=5))
