@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from lookalike import Collection, InvalidQueryError, Query
+from lookalike.allocator import give_back_freed_memory
 from lookalike.collection import QUERIES_AT_ONCE
 
 DIM = 24
@@ -98,3 +101,28 @@ def test_bad_queries_are_named(collection: Collection) -> None:
         collection.search_many([{"id": 1}, 42])  # type: ignore[list-item]
     with pytest.raises(InvalidQueryError, match="unknown search argument"):
         collection.search_many([{"id": 1, "colour": "red"}])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_freed_heap_memory_goes_back_to_the_system() -> None:
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(4096) for _ in range(10_000)]  # 40 MB, touched
+    for block in blocks:
+        ctypes.memset(block, 1, 4096)
+    last = libc.malloc(4096)  # pins the heap's top: only a trim can return what lies below
+    for block in blocks:
+        libc.free(block)
+    before = _anon_mb()
+    assert give_back_freed_memory()
+    assert before - _anon_mb() > 20
+    libc.free(last)
+
+
+def _anon_mb() -> float:
+    with open("/proc/self/status", encoding="utf-8") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
