@@ -532,6 +532,9 @@ def test_an_ascii_locale_prints_accented_paths_as_escapes(tiny_clip, tmp_path: P
     done = run_cli("search", tmp_path / "col", "--id", "0", **ASCII_LOCALE)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert b"caf\\xe9" in done.stdout, done.stdout
+    as_json = run_cli("search", tmp_path / "col", "--id", "0", "--json", **ASCII_LOCALE)
+    assert as_json.returncode == 0, as_json.stderr.decode(errors="replace")
+    assert all("/café/" in hit["path"] for hit in json.loads(as_json.stdout))
 
 
 def test_an_ascii_locale_skips_names_it_cannot_decode(tiny_clip, tmp_path: Path) -> None:

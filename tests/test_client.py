@@ -225,6 +225,11 @@ def test_search_many_answers_as_the_searches_one_at_a_time(client: Client, serve
     ]
     assert found == alone
     assert found[3][0].id == server.ids[7]
+    # past one request's worth, the client sends several; none for no queries
+    assert client.search_many("photos", queries, k=3, batch_size=3) == found
+    assert client.search_many("photos", [], k=3) == []
+    with pytest.raises(BadInputError, match="batch_size"):
+        client.search_many("photos", queries, batch_size=0)
     with pytest.raises(APIError, match="on its own"):
         client.search_many("photos", [{"url": "http://127.0.0.1:1/a.png"}])
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lookalike import Collection, InvalidQueryError, Query
+from lookalike import Collection, InvalidQueryError, NotFoundError, Query
 from lookalike.allocator import give_back_freed_memory
 from lookalike.collection import QUERIES_AT_ONCE
 
@@ -101,6 +101,12 @@ def test_bad_queries_are_named(collection: Collection) -> None:
         collection.search_many([{"id": 1}, 42])  # type: ignore[list-item]
     with pytest.raises(InvalidQueryError, match="unknown search argument"):
         collection.search_many([{"id": 1, "colour": "red"}])
+    with pytest.raises(NotFoundError, match=r"^query 2 of the batch: .*999999"):
+        collection.search_many([{"id": 1}, {"vector": QUERY_VECTORS[0]}, {"id": 999_999}])
+    with pytest.raises(NotFoundError, match=r"^no image with id 999999"):
+        collection.search(id=999_999)  # one search: its error as it is
+    with pytest.raises(NotFoundError, match=r"^query 1 of the batch: "):
+        collection.search_many([{"id": 1}, {"relevant": [999_999]}])
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
@@ -126,3 +132,19 @@ def _anon_mb() -> float:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_a_search_as_deep_as_the_collection_is_exact(collection: Collection) -> None:
+    # an IVF index probing a few lists holds fewer candidates than such a search asks for
+    stored = collection.vectors(list(range(N)))
+    scores = stored @ stored[5]
+    exact = [int(i) for i in np.argsort(-scores, kind="stable") if i != 5][:600]
+    for hits in (collection.search(id=5, k=600), collection.search_many([{"id": 5}], k=600)[0]):
+        assert len(hits) == 600
+        assert len({h.id for h in hits} & set(exact)) >= 599  # ties at the edge may swap
+
+
+def test_deep_queries_go_in_parts_that_answer_the_same(collection: Collection) -> None:
+    batch = [{"id": i, "k": 1200} for i in range(3)] + [{"id": 3}]  # two deep ones a part
+    for found, search in zip(collection.search_many(batch), batch, strict=True):
+        _same(found, collection.search(**search))

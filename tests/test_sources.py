@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from helpers import encode
 from lookalike import BadInputError, Collection
 from lookalike.demo import draw_image
 from lookalike.fetch import FetchPolicy
+from lookalike.sources import UNDECODED_NAME, iter_source
 
 LOCAL = FetchPolicy(allow_private=True)
 
@@ -281,3 +283,18 @@ def test_source_files_are_not_modified(col: Collection, tmp_path: Path) -> None:
     col.add(root)
     assert (image.read_bytes(), os.stat(image).st_mtime_ns) == before
     assert sorted(p.name for p in root.iterdir()) == ["a.png"]  # nothing written beside it
+
+
+def test_a_file_name_that_is_not_text_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    (tmp_path / "fine.png").write_bytes(b"x")
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"), "wb") as latin1:
+        latin1.write(b"x")  # Latin-1 bytes: no UTF-8 (nor ASCII) name decodes them
+    items = {item.locator: item for item in iter_source(tmp_path, sniff=False)}
+    assert items[str(tmp_path / "fine.png")].error is None
+    (skipped,) = [item for item in items.values() if item.error]
+    assert skipped.locator.endswith("caf\\xe9.png")  # printable, not a lone surrogate
+    assert skipped.error == UNDECODED_NAME
+    if sys.getfilesystemencoding() == "utf-8":
+        assert "rename the file" in skipped.error
+    else:
+        assert "PYTHONUTF8=1" in skipped.error

@@ -29,7 +29,22 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find the images of a collection that look like a query.",
 )
-out = Console(soft_wrap=True)
+
+
+class _Console(Console):
+    """Rich's console, whose JSON escapes what stdout's encoding cannot hold: under an ASCII
+    locale the escapes of ``_print_anything`` (``\\xe9``) would not be JSON."""
+
+    def print_json(self, json: str | None = None, *, data: Any = None, **options: Any) -> None:
+        options.setdefault("ensure_ascii", not _stdout_is_utf8())
+        super().print_json(json, data=data, **options)
+
+
+def _stdout_is_utf8() -> bool:
+    return codecs.lookup(getattr(sys.stdout, "encoding", None) or "ascii").name == "utf-8"
+
+
+out = _Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 CollectionArg = Annotated[Path, typer.Argument(help="Collection directory.")]

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from ._version import __version__
-from .errors import LookalikeError
+from .errors import BadInputError, LookalikeError
 from .query import Query, batch_queries, image_bytes
 from .types import DuplicateGroup, Hit, IngestReport, Item, MatchCount
 
@@ -124,12 +124,21 @@ def _search(collection: str, query: Any, options: dict[str, Any]) -> _Call[list[
     return _Call("POST", f"/v1/collections/{collection}/search", _hits, {"json": body})
 
 
-def _search_many(
-    collection: str, queries: Iterable[Any], options: dict[str, Any]
-) -> _Call[list[list[Hit]]]:
+SEARCHES_PER_REQUEST = 100  # a server's --max-batch by default
+
+
+def _search_batches(
+    collection: str, queries: Iterable[Any], options: dict[str, Any], batch_size: int
+) -> list[_Call[list[list[Hit]]]]:
+    """The requests of a batch of searches: ``batch_size`` searches each, none when empty."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise BadInputError(f"batch_size must be a positive integer, not {batch_size!r}")
     searches = [query.to_json() for query in batch_queries(queries, options)]
     path = f"/v1/collections/{collection}/search/batch"
-    return _Call("POST", path, _hit_lists, {"json": {"searches": searches}})
+    return [
+        _Call("POST", path, _hit_lists, {"json": {"searches": searches[i : i + batch_size]}})
+        for i in range(0, len(searches), batch_size)
+    ]
 
 
 def _count(
@@ -299,12 +308,19 @@ class Client(_BaseClient[httpx.Client]):
         return self._run(_search(collection, query, options))
 
     def search_many(
-        self, collection: str, queries: Iterable[Any], **options: Any
+        self,
+        collection: str,
+        queries: Iterable[Any],
+        *,
+        batch_size: int = SEARCHES_PER_REQUEST,
+        **options: Any,
     ) -> list[list[Hit]]:
-        """Several searches in one request (see ``Collection.search_many``): each a
-        :class:`~lookalike.Query` or a mapping of :meth:`search`'s arguments, ``options``
-        filling in what a mapping leaves out. URL queries are searched one at a time."""
-        return self._run(_search_many(collection, queries, options))
+        """Several searches, ``batch_size`` to a request (see ``Collection.search_many``):
+        each a :class:`~lookalike.Query` or a mapping of :meth:`search`'s arguments,
+        ``options`` filling in what a mapping leaves out. The server refuses URL queries in a
+        batch: :meth:`search` them one at a time."""
+        calls = _search_batches(collection, queries, options, batch_size)
+        return [hits for call in calls for hits in self._run(call)]
 
     def count(
         self, collection: str, query: Any = None, *, min_score: float, **options: Any
@@ -420,10 +436,16 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         return await self._run(_search(collection, query, options))
 
     async def search_many(
-        self, collection: str, queries: Iterable[Any], **options: Any
+        self,
+        collection: str,
+        queries: Iterable[Any],
+        *,
+        batch_size: int = SEARCHES_PER_REQUEST,
+        **options: Any,
     ) -> list[list[Hit]]:
-        """Several searches in one request (see :meth:`Client.search_many`)."""
-        return await self._run(_search_many(collection, queries, options))
+        """Several searches, ``batch_size`` to a request (see :meth:`Client.search_many`)."""
+        calls = _search_batches(collection, queries, options, batch_size)
+        return [hits for call in calls for hits in await self._run(call)]
 
     async def count(
         self, collection: str, query: Any = None, *, min_score: float, **options: Any

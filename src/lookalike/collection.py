@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from .errors import (
     LookalikeError,
     ModelMismatchError,
     NotFoundError,
+    placing,
 )
 from .export import Exporting
 from .fetch import FetchPolicy, fetch_all, is_url
@@ -44,6 +45,7 @@ MAX_TUNING_TEXTS = 2000  # text queries embedded to tune on: a sample past this
 # to re-rank, rows) grows and stays with the allocator for little more speed (at 1 M x
 # 512-d: 3,150 QPS and +3.5 MB at 128; 3,500 QPS and +24 MB at 500)
 QUERIES_AT_ONCE = 128
+DEPTH_AT_ONCE = QUERIES_AT_ONCE * 21  # results searched for by one part: 128 "more like this"
 TRIM_AFTER = 64  # a batch of this many queries hands its freed memory back (~0.5 ms)
 
 
@@ -290,9 +292,8 @@ class Collection(ImageAdding, Tagging, Exporting):
         """
         built = batch_queries(queries, options)
         answers: list[list[Hit]] = []
-        for start in range(0, len(built), QUERIES_AT_ONCE):
-            chunk = built[start : start + QUERIES_AT_ONCE]
-            ranked = self._ranked(chunk)
+        for chunk in _parts(built):
+            ranked = self._ranked(chunk, first=len(answers), batched=len(built) > 1)
             found = [self._picked(query, pool) for query, pool in zip(chunk, ranked, strict=True)]
             rows = self.backend.rows(sorted({i for hits in found for i, _ in hits}))
             answers += [[hit_of(rows[i], score) for i, score in hits] for hits in found]
@@ -300,29 +301,37 @@ class Collection(ImageAdding, Tagging, Exporting):
             give_back_freed_memory()
         return answers
 
-    def _ranked(self, queries: list[Query]) -> list[list[tuple[int, float]]]:
-        """Each query's pool of (id, score), best first, before dedupe and diversity.
+    def _ranked(
+        self, queries: list[Query], *, first: int = 0, batched: bool = False
+    ) -> list[list[tuple[int, float]]]:
+        """Each query's pool of (id, score), best first, before dedupe and diversity; an
+        error names its query's place in the batch (``first`` is the first one's).
 
         Cosine queries sharing their restrictions and depth search together, so a batch
         answers as its queries one at a time. The ids a query searches by are dropped from
         its own results after the search (asking that many more), not masked in it: "more
         like this" queries batch too, and none builds a mask of every id."""
         pools: list[list[tuple[int, float]]] = [[] for _ in queries]
+        vectors: dict[int, np.ndarray] = {}
         together: dict[str, list[int]] = {}
         for n, query in enumerate(queries):
-            if query.relevant or query.irrelevant:  # a fitted scorer ranks a pool of its own
-                search, scorer = self._restricted_search(query), self._scorer(query)
-                depth = _pool_depth(query)
-                pools[n] = curation.ranked(scorer, query.k, depth, search, self.backend.vectors)
-            else:  # the same restrictions and depth: what one batched search must share
-                shared = [self._restrictions(query, own_ids=False), _searched_depth(query)]
-                together.setdefault(json.dumps(shared, sort_keys=True, default=repr), []).append(n)
+            with placing(f"query {first + n} of the batch" if batched else None):
+                if query.relevant or query.irrelevant:  # a fitted scorer: a pool of its own
+                    search, scorer = self._restricted_search(query), self._scorer(query)
+                    depth = _pool_depth(query)
+                    vectors_of = self.backend.vectors
+                    pools[n] = curation.ranked(scorer, query.k, depth, search, vectors_of)
+                    continue
+                vectors[n] = self._query_vector(query)
+            # the same restrictions and depth: what one batched search must share
+            shared = [self._restrictions(query, own_ids=False), _searched_depth(query)]
+            together.setdefault(json.dumps(shared, sort_keys=True, default=repr), []).append(n)
         for members in together.values():
-            first = queries[members[0]]
-            vectors = np.stack([self._query_vector(queries[n]) for n in members])
-            restrictions = self._restrictions(first, own_ids=False)
+            lead = queries[members[0]]
             scores, ids = self.backend.search(
-                vectors.astype(np.float32), _searched_depth(first), **restrictions
+                np.stack([vectors[n] for n in members]).astype(np.float32),
+                _searched_depth(lead),
+                **self._restrictions(lead, own_ids=False),
             )
             for row, n in enumerate(members):
                 own = set(queries[n].query_ids)
@@ -495,6 +504,22 @@ class Collection(ImageAdding, Tagging, Exporting):
 
 def _pool_depth(query: Query) -> int:
     return curation.pool_depth(query.k, bool(query.dedupe), query.diverse)
+
+
+def _parts(queries: list[Query]) -> Iterator[list[Query]]:
+    """A batch in parts of at most ``QUERIES_AT_ONCE`` queries and ``DEPTH_AT_ONCE`` results
+    searched for: a few deep queries (k in the thousands, or diverse) go in parts of their own."""
+    part: list[Query] = []
+    depth = 0
+    for query in queries:
+        wanted = _searched_depth(query)
+        if part and (len(part) == QUERIES_AT_ONCE or depth + wanted > DEPTH_AT_ONCE):
+            yield part
+            part, depth = [], 0
+        part.append(query)
+        depth += wanted
+    if part:
+        yield part
 
 
 def _searched_depth(query: Query) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class LookalikeError(Exception):
     """Base class of every error lookalike raises on purpose."""
@@ -65,3 +68,23 @@ class CollectionError(LookalikeError):
     """The collection on disk is missing, locked, corrupt or of an unknown format."""
 
     code = "collection_error"
+
+
+def placed(error: LookalikeError, where: str) -> LookalikeError:
+    """``error`` again, its message starting with where it arose (``searches[3]: ...``); as it
+    is when its class takes more than a message."""
+    try:
+        return type(error)(f"{where}: {error}")
+    except TypeError:
+        return error
+
+
+@contextlib.contextmanager
+def placing(where: str | None, kind: type[LookalikeError] = LookalikeError) -> Iterator[None]:
+    """Errors of ``kind`` raised inside start with ``where`` they arose (None: as they are)."""
+    try:
+        yield
+    except kind as error:
+        if where is None:
+            raise
+        raise placed(error, where) from error

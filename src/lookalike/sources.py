@@ -37,8 +37,10 @@ class SourceItem:
 
 
 UNDECODED_NAME = (
-    f"the name is not {sys.getfilesystemencoding()} text, this process's file-name encoding: "
-    "run lookalike with PYTHONUTF8=1 or under a UTF-8 locale"
+    "the name is not UTF-8: rename the file"
+    if sys.getfilesystemencoding() == "utf-8"
+    else f"the name is not {sys.getfilesystemencoding()} text, this process's file-name "
+    "encoding: run lookalike with PYTHONUTF8=1 or under a UTF-8 locale"
 )
 
 

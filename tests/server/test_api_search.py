@@ -344,7 +344,9 @@ def test_a_batch_is_bounded_and_names_the_bad_search(api: TestClient, shared: Sh
     bad = api.post(BATCH, json={"searches": [{"id": 0}, {"id": 0, "k": 0}]})
     assert "searches[1]" in assert_error(api, bad, 422)["message"]
     for body in ({"searches": []}, {"searches": {"id": 0}}, [{"id": 0}], {"searches": [], "k": 3}):
-        assert_error(api, api.post(BATCH, json=body), 422 if body != {"searches": []} else 400)
+        assert_error(api, api.post(BATCH, json=body), 422)
+    unknown = api.post(BATCH, json={"searches": [{"id": 0}, {"id": 10**9}]})
+    assert "query 1 of the batch" in assert_error(api, unknown, 404, "not_found")["message"]
     url = api.post(BATCH, json={"searches": [{"url": "http://127.0.0.1:1/x.png"}]})
     assert "on its own" in assert_error(api, url, 422)["message"]
     with app_with(shared, max_batch=2) as small:

@@ -161,6 +161,8 @@ class IvfIndex:
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.catch_up(count)
+        if allowed is None and count < k * self.params.rerank:
+            allowed = np.ones(count, dtype=bool)  # nearly every row a candidate: score them all
         if allowed is not None and int(allowed.sum()) < max(EXACT_BELOW, k * self.params.rerank):
             return at_least(*self._search_subset(queries, k, count, allowed), min_score)
         nprobe = self.params.nprobe

@@ -91,7 +91,10 @@ class SearchBatchBody(BaseModel):
     """Several searches in one request, answered in their order."""
 
     searches: list[SearchBody] = Field(
-        ..., min_length=1, description="search bodies (at most the server's max_batch, 100)"
+        ...,
+        min_length=1,
+        description="search bodies, at most the server's --max-batch (100 by default); "
+        "a batch fetches no URL: search those one at a time",
     )
 
 

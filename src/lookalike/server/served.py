@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..collection import Collection
-from ..errors import BadInputError, InvalidQueryError, LookalikeError, NotFoundError
+from ..errors import BadInputError, InvalidQueryError, LookalikeError, NotFoundError, placed
 from ..query import Query
 from .fetching import FetchWork
 from .settings import ServerSettings
@@ -44,7 +44,9 @@ class Served:
         searches = body.get("searches") if isinstance(body, Mapping) else None
         if not isinstance(searches, list) or set(body) != {"searches"}:
             raise InvalidQueryError('a batch body is {"searches": [search bodies]}')
-        if not 1 <= len(searches) <= self.settings.max_batch:
+        if not searches:
+            raise InvalidQueryError("a batch holds at least one search")
+        if len(searches) > self.settings.max_batch:
             raise BadInputError(
                 f"a batch holds 1 to {self.settings.max_batch} searches (got {len(searches)})"
             )
@@ -53,7 +55,7 @@ class Served:
             try:
                 queries.append(self.query(search))
             except LookalikeError as error:
-                raise type(error)(f"searches[{n}]: {error}") from None
+                raise placed(error, f"searches[{n}]") from error
             if queries[-1].fetches:
                 raise InvalidQueryError(f"searches[{n}]: search a URL on its own, not in a batch")
         return queries
