@@ -36,12 +36,12 @@ class _Console(Console):
     locale the escapes of ``_print_anything`` (``\\xe9``) would not be JSON."""
 
     def print_json(self, json: str | None = None, *, data: Any = None, **options: Any) -> None:
-        options.setdefault("ensure_ascii", not _stdout_is_utf8())
+        options.setdefault("ensure_ascii", not _is_utf8(sys.stdout))
         super().print_json(json, data=data, **options)
 
 
-def _stdout_is_utf8() -> bool:
-    return codecs.lookup(getattr(sys.stdout, "encoding", None) or "ascii").name == "utf-8"
+def _is_utf8(stream: Any) -> bool:
+    return codecs.lookup(getattr(stream, "encoding", None) or "ascii").name == "utf-8"
 
 
 out = _Console(soft_wrap=True)
@@ -1207,8 +1207,7 @@ def _print_anything() -> None:
     """Under an ASCII locale (``LC_ALL=C`` with ``PYTHONUTF8=0``) print "…" or an accented
     path as an escape rather than fail on it."""
     for stream in (sys.stdout, sys.stderr):
-        encoding = getattr(stream, "encoding", None) or "ascii"
-        if codecs.lookup(encoding).name != "utf-8" and isinstance(stream, io.TextIOWrapper):
+        if not _is_utf8(stream) and isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
 
 

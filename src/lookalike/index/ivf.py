@@ -110,9 +110,7 @@ class IvfIndex:
 
         self.directory = directory / INDEX_DIR
         self.vectors = vectors
-        self.params = IvfParams(
-            **json.loads((self.directory / PARAMS_FILE).read_text(encoding="utf-8"))
-        )
+        self.params = _read_params(self.directory)
         self.base = faiss.read_index(
             str(self.directory / self.params.file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
         )
@@ -412,9 +410,7 @@ def tune_ivf(
     file was written are not in it; :meth:`IvfIndex.save` them first."""
     import faiss
 
-    params = IvfParams(
-        **json.loads((directory / INDEX_DIR / PARAMS_FILE).read_text(encoding="utf-8"))
-    )
+    params = _read_params(directory / INDEX_DIR)
     index = faiss.read_index(str(directory / INDEX_DIR / params.file))
     count = min(count, params.indexed_count)
     # the ids the index was trained on are not recorded: at most a few percent of a large
@@ -438,10 +434,7 @@ def tune_ivf(
             "target_recall": target_recall,
         }
     )
-    write_atomic(
-        directory / INDEX_DIR / PARAMS_FILE,
-        lambda tmp: tmp.write_text(json.dumps(asdict(tuned), indent=2) + "\n", encoding="utf-8"),
-    )
+    _write_params(directory / INDEX_DIR, tuned)
     return tuned
 
 
@@ -513,6 +506,16 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return mean, mean - CONFIDENCE_Z * float(per_query.std(ddof=1)) / math.sqrt(len(per_query))
 
 
+def _read_params(index_dir: Path) -> IvfParams:
+    return IvfParams(**json.loads((index_dir / PARAMS_FILE).read_text(encoding="utf-8")))
+
+
+def _write_params(index_dir: Path, params: IvfParams) -> None:
+    """Switch the params file (and so the index file it names) atomically."""
+    text = json.dumps(asdict(params), indent=2) + "\n"
+    write_atomic(index_dir / PARAMS_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def _search_options(nlist: int, nprobe: int, selector: object | None) -> object:
     import faiss
 
@@ -532,10 +535,7 @@ def _save(directory: Path, index: object, params: IvfParams, empty: object = Non
     if empty is not None:
         write_atomic(directory / EMPTY_FILE, lambda tmp: faiss.write_index(empty, str(tmp)))
     write_atomic(directory / params.file, lambda tmp: faiss.write_index(index, str(tmp)))
-    write_atomic(
-        directory / PARAMS_FILE,
-        lambda tmp: tmp.write_text(json.dumps(asdict(params), indent=2) + "\n", encoding="utf-8"),
-    )
+    _write_params(directory, params)
     keep = {params.file, EMPTY_FILE, f"{params.codes}.codec", f"{params.codes}.codes"}
     for old in [*directory.glob("ivf-*.faiss"), *directory.glob("rerank-*")]:
         if old.name not in keep:

@@ -166,14 +166,8 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         run = served.url_work.run if query.fetches else run_in_threadpool
         hits = await run(collection.search, query)
         roots = served.path_roots(name)
-        return _json_answer(
-            SearchResponse,
-            {
-                "results": [_hit_json(name, h, roots) for h in hits],
-                "took_ms": round((time.perf_counter() - started) * 1000, 3),
-                "model": collection.model,
-            },
-        )
+        results = [_hit_json(name, h, roots) for h in hits]
+        return _search_answer(SearchResponse, results, started, collection)
 
     @api.post(
         "/v1/collections/{name}/search/batch",
@@ -188,14 +182,8 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         started = time.perf_counter()
         found = await run_in_threadpool(collection.search_many, queries)
         roots = served.path_roots(name)
-        return _json_answer(
-            SearchBatchResponse,
-            {
-                "results": [[_hit_json(name, h, roots) for h in hits] for hits in found],
-                "took_ms": round((time.perf_counter() - started) * 1000, 3),
-                "model": collection.model,
-            },
-        )
+        results = [[_hit_json(name, h, roots) for h in hits] for hits in found]
+        return _search_answer(SearchBatchResponse, results, started, collection)
 
     @api.post(
         "/v1/collections/{name}/count",
@@ -215,8 +203,7 @@ def _api(served: Served, metrics: Metrics) -> APIRouter:
         started = time.perf_counter()
         run = served.url_work.run if query.fetches else run_in_threadpool
         counted = await run(functools.partial(collection.count, query, min_score=min_score))
-        took_ms = round((time.perf_counter() - started) * 1000, 3)
-        return CountResponse(**counted.to_dict(), took_ms=took_ms)
+        return CountResponse(**counted.to_dict(), took_ms=_took_ms(started))
 
     @api.get("/v1/collections/{name}/items/{item_id}", response_model=ItemBody)
     def get_item(name: str, item_id: ItemId) -> ItemBody:
@@ -339,7 +326,7 @@ async def _duplicates(
         groups=[DuplicateGroupBody(**g.to_dict()) for g in groups],
         threshold=body.threshold,
         exact=body.exact,
-        took_ms=round((time.perf_counter() - started) * 1000, 3),
+        took_ms=_took_ms(started),
     )
 
 
@@ -425,6 +412,19 @@ def _hit_body(name: str, hit: Hit, roots: list[str] | None = None) -> HitBody:
 def _hit_json(name: str, hit: Hit, roots: list[str] | None = None) -> dict[str, Any]:
     """A hit as its :class:`HitBody` JSON holds it, fields in the same order."""
     return {"id": hit.id, "score": hit.score, **_public_fields(name, hit, roots)}
+
+
+def _search_answer(
+    model: type[BaseModel], results: list[Any], started: float, collection: Collection
+) -> Response:
+    """A search route's answer: its results (hits as JSON), the time since ``started``."""
+    content = {"results": results, "took_ms": _took_ms(started), "model": collection.model}
+    return _json_answer(model, content)
+
+
+def _took_ms(started: float) -> float:
+    """Milliseconds since ``started`` (a ``time.perf_counter()``), as answers report them."""
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _json_answer(model: type[BaseModel], content: dict[str, Any]) -> Response:
